@@ -1,0 +1,48 @@
+"""jaxdescent: gradient-based optimization in JAX, from pure functions.
+
+A learning problem has four swappable parts: data (a pytree of arrays), a cost function (the
+negative log-likelihood of a conditional distribution), a model family (``init``/``apply``
+pure functions) and an optimization procedure (an optax transformation driven by one
+compiled loop).
+"""
+
+from jaxdescent import (
+    checkpoint,
+    data,
+    likelihoods,
+    losses,
+    models,
+    optim,
+    schedules,
+)
+from jaxdescent._engine import Status
+from jaxdescent.multistart import (
+    Minima,
+    MultistartResult,
+    distinct_minima,
+    multistart,
+    restart_keys,
+)
+from jaxdescent.train import FitResult, fit, make_step
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "FitResult",
+    "Minima",
+    "MultistartResult",
+    "Status",
+    "__version__",
+    "checkpoint",
+    "data",
+    "distinct_minima",
+    "fit",
+    "likelihoods",
+    "losses",
+    "make_step",
+    "models",
+    "multistart",
+    "optim",
+    "restart_keys",
+    "schedules",
+]

@@ -1,0 +1,108 @@
+"""Argument checks that run in Python, before anything is traced or compiled.
+
+Every check raises a ``ValueError`` (or ``TypeError``) whose message names the argument,
+says what was expected and shows what was given. Values that are JAX tracers (for example a
+learning rate injected by ``optax.inject_hyperparams``) cannot be inspected and are let
+through: they were checked when they were first given as concrete numbers.
+"""
+
+from __future__ import annotations
+
+import numbers
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import numpy as np
+
+
+def _concrete(value: Any) -> float | None:
+    """Return ``value`` as a Python float when it is a concrete scalar, else ``None``."""
+    if isinstance(value, jax.core.Tracer):
+        return None
+    if isinstance(value, numbers.Real) and not isinstance(value, bool):
+        return float(value)
+    if isinstance(value, (np.ndarray, np.generic, jax.Array)) and np.ndim(value) == 0:
+        return float(np.asarray(value))
+    return None
+
+
+def check_real(name: str, value: Any) -> None:
+    """A scalar real number (or a tracer, or a schedule when allowed by the caller)."""
+    if isinstance(value, jax.core.Tracer):
+        return
+    if _concrete(value) is None:
+        raise TypeError(f"{name} must be a real scalar; got {value!r} ({type(value).__name__})")
+    if not np.isfinite(_concrete(value)):
+        raise ValueError(f"{name} must be finite; got {value!r}")
+
+
+def check_nonnegative(name: str, value: Any) -> None:
+    check_real(name, value)
+    v = _concrete(value)
+    if v is not None and v < 0:
+        raise ValueError(f"{name} must be >= 0; got {value!r}")
+
+
+def check_positive(name: str, value: Any) -> None:
+    check_real(name, value)
+    v = _concrete(value)
+    if v is not None and v <= 0:
+        raise ValueError(f"{name} must be > 0; got {value!r}")
+
+
+def check_unit_interval(name: str, value: Any, *, closed_right: bool = False) -> None:
+    """``value`` in [0, 1), or [0, 1] when ``closed_right``."""
+    check_real(name, value)
+    v = _concrete(value)
+    if v is None:
+        return
+    ok = 0.0 <= v <= 1.0 if closed_right else 0.0 <= v < 1.0
+    if not ok:
+        interval = "[0, 1]" if closed_right else "[0, 1)"
+        raise ValueError(f"{name} must be in {interval}; got {value!r}")
+
+
+def check_learning_rate(value: Any, name: str = "learning_rate") -> None:
+    """A non-negative float, or a schedule ``count -> value`` (checked at count 0)."""
+    if callable(value):
+        return
+    check_nonnegative(name, value)
+
+
+def check_int(name: str, value: Any, *, minimum: int | None = None) -> int:
+    if isinstance(value, bool) or not isinstance(value, (numbers.Integral, np.integer)):
+        raise TypeError(f"{name} must be an integer; got {value!r} ({type(value).__name__})")
+    if minimum is not None and value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}; got {value!r}")
+    return int(value)
+
+
+def check_choice(name: str, value: Any, choices: tuple[str, ...]) -> str:
+    if value not in choices:
+        listed = ", ".join(repr(c) for c in choices)
+        raise ValueError(f"{name} must be one of {listed}; got {value!r}")
+    return value
+
+
+def check_callable(name: str, value: Any) -> Callable:
+    if not callable(value):
+        raise TypeError(f"{name} must be callable; got {value!r} ({type(value).__name__})")
+    return value
+
+
+def check_float_tree(name: str, tree: Any) -> None:
+    """Every leaf of ``tree`` is a floating-point array (JAX can only differentiate those)."""
+    leaves = jax.tree_util.tree_leaves_with_path(tree)
+    if not leaves:
+        raise ValueError(f"{name} must contain at least one array; got an empty pytree {tree!r}")
+    for path, leaf in leaves:
+        dtype = getattr(leaf, "dtype", None)
+        if dtype is None:
+            dtype = np.asarray(leaf).dtype
+        if not np.issubdtype(dtype, np.floating):
+            where = jax.tree_util.keystr(path) or "(the root)"
+            raise TypeError(
+                f"{name} must have floating-point leaves (float32 or float64); "
+                f"leaf {where} has dtype {dtype}. Convert it, e.g. with .astype(jnp.float32)"
+            )

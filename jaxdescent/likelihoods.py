@@ -1,0 +1,233 @@
+r"""Conditional distributions p(y | model output), all evaluated in log space.
+
+A likelihood turns a model's raw output into a distribution over the target. Each one has
+
+- ``log_prob(output, y)``: the log-density (or log-mass) of every target element, shape of
+  ``y`` (for :class:`Categorical`, of the labels); never ``log`` of a probability that has
+  already under- or overflowed: logits go through ``log_sigmoid`` / ``log_softmax``, scales
+  are handled through their logarithm;
+- ``predict(output)``: a point prediction (Gaussian: the mean; Laplace: the median;
+  Bernoulli and Categorical: the most likely class; Poisson: the mean rate);
+- ``output_size(target_size)``: how many model outputs a target of that size needs.
+
+The negative mean log-likelihood is the cost function (:func:`jaxdescent.losses.nll`):
+a Gaussian with fixed scale gives mean squared error (the model learns the conditional mean),
+a Laplace gives mean absolute error (the conditional median), Bernoulli and Categorical give
+cross-entropy.
+
+Shapes: for targets of shape ``(n,)`` a model may emit ``(n,)`` or ``(n, 1)``; with
+``learn_scale=True`` it emits ``(n, 2)`` (location, log-scale), or ``(n, 2d)`` for
+targets ``(n, d)`` (first half locations, second half log-scales).
+
+References:
+  Goodfellow, Bengio and Courville, *Deep Learning*, section 6.2, 2016.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import jax
+import jax.numpy as jnp
+from jax.scipy.special import gammaln
+
+from jaxdescent._checks import check_positive
+
+__all__ = ["Bernoulli", "Categorical", "Gaussian", "Laplace", "Likelihood", "Poisson"]
+
+_HALF_LOG_2PI = 0.5 * math.log(2.0 * math.pi)
+
+
+def _align(output: jax.Array, y: jax.Array, width: int) -> tuple[jax.Array, ...]:
+    """Split ``output`` into ``width`` parameter arrays, each shaped like ``y``."""
+    output = jnp.asarray(output)
+    y = jnp.asarray(y)
+    if width == 1:
+        if output.shape == y.shape:
+            return (output,)
+        if output.shape == (*y.shape, 1):
+            return (output[..., 0],)
+    else:
+        if output.shape == (*y.shape, width):
+            return tuple(output[..., i] for i in range(width))
+        if y.ndim >= 1 and output.shape == (*y.shape[:-1], width * y.shape[-1]):
+            return tuple(jnp.split(output, width, axis=-1))
+    expected = f"{y.shape}" if width == 1 else f"{(*y.shape, width)}"
+    raise ValueError(
+        f"model output has shape {output.shape}, which does not fit targets of shape "
+        f"{y.shape}: expected {expected}" + (f" or {(*y.shape, 1)}" if width == 1 else "")
+    )
+
+
+class Likelihood:
+    """Base class: a conditional distribution of the target given the model output."""
+
+    def log_prob(self, output: jax.Array, y: jax.Array) -> jax.Array:
+        raise NotImplementedError
+
+    def predict(self, output: jax.Array) -> jax.Array:
+        raise NotImplementedError
+
+    def output_size(self, target_size: int = 1) -> int:
+        return target_size
+
+    def check_targets(self, y) -> None:
+        """Raise ``ValueError`` if concrete targets lie outside the support."""
+
+
+@dataclasses.dataclass(frozen=True)
+class _LocationScale(Likelihood):
+    scale: float = 1.0
+    learn_scale: bool = False
+
+    def __post_init__(self):
+        if not self.learn_scale:
+            check_positive("scale", self.scale)
+
+    def _parts(self, output, y):
+        if self.learn_scale:
+            loc, log_scale = _align(output, y, 2)
+        else:
+            (loc,) = _align(output, y, 1)
+            log_scale = jnp.full_like(loc, math.log(self.scale))
+        return loc, log_scale
+
+    def predict(self, output):
+        return output[..., : output.shape[-1] // 2] if self.learn_scale else output
+
+    def output_size(self, target_size: int = 1) -> int:
+        return 2 * target_size if self.learn_scale else target_size
+
+
+@dataclasses.dataclass(frozen=True)
+class Gaussian(_LocationScale):
+    r"""Normal ``N(y; mu, sigma^2)`` with mean ``mu`` = the model output.
+
+    .. math:: \log p(y) = -\frac{(y - \mu)^2}{2\sigma^2} - \log\sigma - \tfrac12 \log 2\pi
+
+    With a fixed ``scale`` the NLL is ``(y - mu)^2 / (2 sigma^2)`` plus a constant: mean squared
+    error. With ``learn_scale=True`` the model also emits ``log sigma`` (heteroscedastic
+    regression), and ``(y - mu) exp(-log sigma)`` is computed without dividing by a tiny sigma.
+    """
+
+    def log_prob(self, output, y):
+        loc, log_scale = self._parts(output, y)
+        z = (y - loc) * jnp.exp(-log_scale)
+        return -0.5 * z * z - log_scale - _HALF_LOG_2PI
+
+
+@dataclasses.dataclass(frozen=True)
+class Laplace(_LocationScale):
+    r"""Laplace ``p(y) = exp(-|y - mu| / b) / (2 b)`` with location ``mu`` = the model output.
+
+    .. math:: \log p(y) = -\frac{|y - \mu|}{b} - \log 2b
+
+    With a fixed scale the NLL is mean absolute error, whose minimiser is the median.
+    """
+
+    def log_prob(self, output, y):
+        loc, log_scale = self._parts(output, y)
+        return -jnp.abs(y - loc) * jnp.exp(-log_scale) - log_scale - math.log(2.0)
+
+
+@dataclasses.dataclass(frozen=True)
+class Bernoulli(Likelihood):
+    r"""Bernoulli on a logit ``z``: ``p(y=1) = sigmoid(z)``, labels in ``{0, 1}``.
+
+    .. math:: \log p(y) = y z - \log(1 + e^{z}) = y \log\sigma(z) + (1-y)\log\sigma(-z)
+
+    computed with ``softplus``, so a confidently wrong logit (``z = -100``, ``y = 1``) gives a
+    finite log-probability ``-100`` and a gradient near 1, instead of saturating.
+    Soft labels in ``[0, 1]`` are accepted.
+    """
+
+    def log_prob(self, output, y):
+        (z,) = _align(output, y, 1)
+        return y * z - jax.nn.softplus(z)
+
+    def predict(self, output):
+        return (output > 0).astype(jnp.int32)
+
+    def probs(self, output):
+        return jax.nn.sigmoid(output)
+
+    def check_targets(self, y) -> None:
+        import numpy as np
+
+        y = np.asarray(y)
+        if y.size and (np.any(y < 0) or np.any(y > 1)):
+            bad = y[(y < 0) | (y > 1)].ravel()[0]
+            raise ValueError(
+                f"Bernoulli targets must be labels in {{0, 1}} (or probabilities in [0, 1]); "
+                f"got a value {bad!r}"
+            )
+
+
+@dataclasses.dataclass(frozen=True)
+class Categorical(Likelihood):
+    r"""Categorical on logits ``z`` (last axis = classes): ``p(y=k) = softmax(z)_k``.
+
+    .. math:: \log p(y = k) = z_k - \log\sum_j e^{z_j}
+
+    Targets are integer labels (shape ``output.shape[:-1]``) or one-hot / probability vectors
+    (shape ``output.shape``), for which the log-probability is ``sum_k y_k log softmax(z)_k``.
+    """
+
+    def log_prob(self, output, y):
+        log_p = jax.nn.log_softmax(output, axis=-1)
+        y = jnp.asarray(y)
+        if jnp.issubdtype(y.dtype, jnp.integer):
+            if y.shape != output.shape[:-1]:
+                raise ValueError(
+                    f"integer labels must have shape {output.shape[:-1]} for logits of shape "
+                    f"{output.shape}; got {y.shape}"
+                )
+            return jnp.take_along_axis(log_p, y[..., None], axis=-1)[..., 0]
+        if y.shape != output.shape:
+            raise ValueError(
+                f"one-hot targets must have the logits' shape {output.shape}; got {y.shape}"
+            )
+        return jnp.sum(jnp.where(y == 0, 0.0, y * log_p), axis=-1)
+
+    def predict(self, output):
+        return jnp.argmax(output, axis=-1)
+
+    def probs(self, output):
+        return jax.nn.softmax(output, axis=-1)
+
+    def output_size(self, target_size: int = 1) -> int:
+        return target_size
+
+    def check_targets(self, y, num_classes: int | None = None) -> None:
+        import numpy as np
+
+        y = np.asarray(y)
+        if np.issubdtype(y.dtype, np.integer) and y.size:
+            if y.min() < 0 or (num_classes is not None and y.max() >= num_classes):
+                bad = y.min() if y.min() < 0 else y.max()
+                raise ValueError(
+                    f"Categorical labels must lie in [0, {num_classes}); got a label {bad!r}"
+                )
+
+
+@dataclasses.dataclass(frozen=True)
+class Poisson(Likelihood):
+    r"""Poisson on a log-rate ``eta``: ``p(y) = lambda^y e^{-lambda} / y!`` with ``lambda = e^eta``.
+
+    .. math:: \log p(y) = y \eta - e^{\eta} - \log \Gamma(y + 1)
+    """
+
+    def log_prob(self, output, y):
+        (eta,) = _align(output, y, 1)
+        return y * eta - jnp.exp(eta) - gammaln(y + 1.0)
+
+    def predict(self, output):
+        return jnp.exp(output)
+
+    def check_targets(self, y) -> None:
+        import numpy as np
+
+        y = np.asarray(y)
+        if y.size and np.any(y < 0):
+            raise ValueError(f"Poisson targets must be counts >= 0; got {y[y < 0].ravel()[0]!r}")

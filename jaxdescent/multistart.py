@@ -1,0 +1,226 @@
+"""``multistart``: many random restarts of one run, as one vmapped compiled program.
+
+Non-convex losses have many minima, and where gradient descent ends depends on where it
+starts. ``multistart`` draws ``restarts`` initial points with ``init`` and runs the same
+loop as :func:`jaxdescent.fit` on all of them at once with ``jax.vmap``, sharding the restart
+axis over the devices when there are several.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from jaxdescent._checks import check_callable, check_int, check_nonnegative
+from jaxdescent._engine import Status, init_carry
+from jaxdescent.train import _check_optimizer, as_key, check_chunk, check_problem, drive
+
+__all__ = ["Minima", "MultistartResult", "distinct_minima", "multistart", "restart_keys"]
+
+
+class MultistartResult(NamedTuple):
+    """The outcome of :func:`multistart`; every array has a leading restart axis.
+
+    Restart ``i`` is the same run as ``fit(loss, init(init_keys[i]), optimizer,
+    key=fit_keys[i], ...)``.
+    """
+
+    params: Any
+    opt_state: Any
+    losses: jax.Array
+    grad_norms: jax.Array
+    steps_taken: jax.Array
+    status: jax.Array
+    final_losses: jax.Array
+    init_keys: jax.Array
+    fit_keys: jax.Array
+
+    @property
+    def best_index(self) -> int:
+        """The restart with the lowest final loss; restarts that ended non-finite never win."""
+        ok = (self.status != Status.NONFINITE) & jnp.isfinite(self.final_losses)
+        return int(jnp.argmin(jnp.where(ok, self.final_losses, jnp.inf)))
+
+    @property
+    def best_params(self) -> Any:
+        i = self.best_index
+        return jax.tree.map(lambda x: x[i], self.params)
+
+    @property
+    def converged(self) -> jax.Array:
+        return self.status == Status.CONVERGED
+
+
+def restart_keys(key: jax.Array, restarts: int) -> tuple[jax.Array, jax.Array]:
+    """The ``(init_keys, fit_keys)`` that :func:`multistart` gives each restart."""
+    keys = jax.random.split(as_key(key), restarts)
+    pairs = jax.vmap(jax.random.split)(keys)
+    return pairs[:, 0], pairs[:, 1]
+
+
+def multistart(
+    init: Callable[[jax.Array], Any],
+    loss: Callable,
+    optimizer: optax.GradientTransformation,
+    *,
+    key: jax.Array,
+    restarts: int,
+    data: Any = None,
+    steps: int,
+    batch_size: int | None = None,
+    tol: float | None = None,
+    hyperparams: Mapping[str, Any] | None = None,
+    chunk_size: int | None = None,
+    progress: bool = False,
+    shard: bool | None = None,
+) -> MultistartResult:
+    """Run :func:`jaxdescent.fit` from ``restarts`` random starts at once (``jax.vmap``).
+
+    Args:
+      init: ``init(key) -> params`` draws one starting point (e.g. ``model.init``).
+      loss, optimizer, data, steps, batch_size, tol, chunk_size, progress: as in ``fit``.
+        With ``tol`` the program stops once every restart has converged or ended.
+      key: PRNG key; restart ``i`` uses ``init_keys[i]`` for its start and ``fit_keys[i]``
+        for its batch order (:func:`restart_keys`).
+      restarts: number of restarts.
+      hyperparams: per-restart hyperparameter values, e.g. ``{"learning_rate": lrs}`` with
+        ``lrs.shape == (restarts,)``, for an optimizer built with
+        ``optax.inject_hyperparams``: a sweep in the same compiled program, no recompiling.
+      shard: split the restart axis over all local devices (default: when there are several
+        and they divide ``restarts``).
+
+    Returns:
+      A :class:`MultistartResult` with ``best_index`` and ``best_params``.
+    """
+    check_callable("init", init)
+    _check_optimizer(optimizer)
+    restarts = check_int("restarts", restarts, minimum=1)
+    init_keys, fit_keys = restart_keys(key, restarts)
+    try:
+        params_shape = jax.eval_shape(init, init_keys[0])
+    except Exception as err:
+        raise ValueError(f"calling init(key) failed while checking the problem: {err}") from err
+    example = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), params_shape)
+    n = check_problem(loss, example, data, batch_size, steps, tol, name="init(key)")
+    chunk = check_chunk(chunk_size, steps, progress, None)
+
+    @jax.jit
+    def start(init_keys, fit_keys):
+        params = jax.vmap(init)(init_keys)
+        opt_state = jax.vmap(optimizer.init)(params)
+        return jax.vmap(lambda p, s, k: init_carry(p, s, k, n, batch_size))(
+            params, opt_state, fit_keys
+        )
+
+    carry = start(init_keys, fit_keys)
+    if hyperparams:
+        carry = carry._replace(opt_state=_inject(carry.opt_state, hyperparams, restarts))
+    ndev = jax.local_device_count()
+    if shard is None:
+        shard = ndev > 1 and restarts % ndev == 0
+    if shard:
+        if restarts % ndev:
+            raise ValueError(
+                f"shard=True needs restarts ({restarts}) to be a multiple of the number of "
+                f"devices ({ndev})"
+            )
+        mesh = jax.make_mesh((ndev,), ("restarts",))
+        spec = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("restarts"))
+        carry = jax.device_put(carry, spec)
+    carry, (losses, norms), final = drive(
+        carry,
+        data,
+        loss=loss,
+        optimizer=optimizer,
+        steps=steps,
+        batch_size=batch_size,
+        tol=tol,
+        chunk=chunk,
+        batched=True,
+        progress=progress,
+    )
+    return MultistartResult(
+        params=carry.params,
+        opt_state=carry.opt_state,
+        losses=losses,
+        grad_norms=norms,
+        steps_taken=carry.updates,
+        status=carry.status,
+        final_losses=final,
+        init_keys=init_keys,
+        fit_keys=fit_keys,
+    )
+
+
+def _inject(opt_state, hyperparams, restarts):
+    """Replace stacked injected hyperparameters with one value per restart."""
+    found = getattr(opt_state, "hyperparams", None)
+    if not isinstance(found, dict):
+        raise ValueError(
+            "hyperparams needs an optimizer built with optax.inject_hyperparams, e.g. "
+            "optax.inject_hyperparams(jd.optim.adam)(learning_rate=1e-3); this optimizer's "
+            f"state has no hyperparams ({type(opt_state).__name__})"
+        )
+    new = dict(found)
+    for name, values in hyperparams.items():
+        if name not in found:
+            raise ValueError(
+                f"hyperparams[{name!r}] is not an injected hyperparameter; "
+                f"the optimizer has {sorted(found)}"
+            )
+        values = jnp.asarray(values, found[name].dtype)
+        if values.shape != (restarts,):
+            raise ValueError(
+                f"hyperparams[{name!r}] must have shape ({restarts},), one value per restart; "
+                f"got {values.shape}"
+            )
+        new[name] = values
+    return opt_state._replace(hyperparams=new)
+
+
+class Minima(NamedTuple):
+    """Distinct solutions found by a multistart: representatives, labels and counts."""
+
+    params: Any
+    labels: np.ndarray
+    counts: np.ndarray
+
+
+def distinct_minima(params: Any, tol: float, losses: jax.Array | None = None) -> Minima:
+    """Group stacked final points into distinct solutions.
+
+    Two restarts belong to the same solution when their flattened parameters lie within
+    Euclidean distance ``tol`` of that solution's first member (restarts are visited in order of
+    ``losses`` when given, so each representative is its group's best). Restarts whose
+    ``losses`` are not finite are labelled ``-1`` and ignored.
+
+    Returns:
+      :class:`Minima` with ``params`` (stacked representatives), ``labels`` (per restart) and
+      ``counts`` (per solution).
+    """
+    check_nonnegative("tol", tol)
+    flat = np.asarray(jax.vmap(lambda p: jax.flatten_util.ravel_pytree(p)[0])(params))
+    count = flat.shape[0]
+    order = np.arange(count) if losses is None else np.argsort(np.asarray(losses), kind="stable")
+    valid = np.ones(count, bool) if losses is None else np.isfinite(np.asarray(losses))
+    valid &= np.all(np.isfinite(flat), axis=1)
+    labels = np.full(count, -1)
+    reps: list[int] = []
+    for i in order:
+        if not valid[i]:
+            continue
+        for label, r in enumerate(reps):
+            if np.linalg.norm(flat[i] - flat[r]) <= tol:
+                labels[i] = label
+                break
+        else:
+            labels[i] = len(reps)
+            reps.append(int(i))
+    counts = np.bincount(labels[labels >= 0], minlength=len(reps))
+    chosen = np.asarray(reps, dtype=int)
+    return Minima(jax.tree.map(lambda x: x[chosen], params), labels, counts)
