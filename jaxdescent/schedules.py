@@ -7,6 +7,7 @@ when a schedule is built; the returned function only does array arithmetic with
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable, Sequence
 
 import jax
@@ -201,7 +202,7 @@ def join(schedules: Sequence[Schedule], boundaries: Sequence[int]) -> Schedule:
             f"boundaries must have len(schedules) - 1 = {len(schedules) - 1} entries; "
             f"got {len(boundaries)}"
         )
-    if any(b2 <= b1 for b1, b2 in zip(boundaries, boundaries[1:])):
+    if any(b2 <= b1 for b1, b2 in itertools.pairwise(boundaries)):
         raise ValueError(f"boundaries must be strictly increasing; got {boundaries}")
     for i, s in enumerate(schedules):
         if not callable(s):
