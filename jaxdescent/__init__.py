@@ -9,10 +9,13 @@ compiled loop).
 from jaxdescent import (
     checkpoint,
     data,
+    diagnostics,
     likelihoods,
     losses,
     models,
     optim,
+    plotting,
+    problems,
     schedules,
 )
 from jaxdescent._engine import Status
@@ -35,6 +38,7 @@ __all__ = [
     "__version__",
     "checkpoint",
     "data",
+    "diagnostics",
     "distinct_minima",
     "fit",
     "likelihoods",
@@ -43,6 +47,8 @@ __all__ = [
     "models",
     "multistart",
     "optim",
+    "plotting",
+    "problems",
     "restart_keys",
     "schedules",
 ]

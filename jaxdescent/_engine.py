@@ -34,6 +34,7 @@ class Carry(NamedTuple):
     params: Any
     opt_state: Any
     prev_params: Any  # params before the last accepted update (restored on non-finite)
+    prev_opt_state: Any  # the optimizer state that goes with ``prev_params``
     iteration: jax.Array  # loop iterations run (loss and gradient evaluations)
     updates: jax.Array  # updates applied to ``params``
     status: jax.Array
@@ -87,6 +88,7 @@ def init_carry(params, opt_state, key, n: int, batch_size: int | None) -> Carry:
         params=params,
         opt_state=opt_state,
         prev_params=params,
+        prev_opt_state=opt_state,
         iteration=zero,
         updates=zero,
         status=zero,
@@ -99,85 +101,198 @@ def _select(pred, on_true, on_false):
     return jax.tree.map(lambda a, b: jnp.where(pred, a, b), on_true, on_false)
 
 
-def _chunk(carry, data, tol, total_steps, chunk_steps, *, loss, optimizer, batch_size, chunk_len):
-    """Run up to ``chunk_steps`` (<= ``chunk_len``) steps; record loss and gradient norm."""
-    step = make_step(loss, optimizer)
+def _propose(c, data, new_epoch, *, step, batch_size, n, per_epoch):
+    """One step of one run before any check: (new params, new state, loss, grad norm, perm).
+
+    ``new_epoch`` (whether this step starts an epoch) is computed outside the ``vmap`` over
+    runs, from the loop's own step count: a predicate derived from the (batched) carry would
+    turn the ``lax.cond`` into a select, drawing a fresh permutation at every step.
+    """
+    if batch_size is None:
+        batch, perm = data, c.perm
+    else:
+        within = c.iteration % per_epoch
+        perm = jax.lax.cond(
+            new_epoch,
+            lambda: data_lib.epoch_permutation(c.key, c.iteration // per_epoch, n),
+            lambda: c.perm,
+        )
+        batch = data_lib.take_batch(data, perm, within, batch_size)
+    new_params, new_state, value, norm = step(c.params, c.opt_state, batch)
+    return new_params, new_state, value, norm, perm
+
+
+def _commit(c, proposal, tol, total_steps):
+    """The next carry of one run: accept the proposal, stop converged, or roll back."""
+    new_params, new_state, value, norm, perm = proposal
+    finite = jnp.isfinite(value) & jnp.isfinite(norm)
+    converged = finite & (norm < tol)
+    accept = finite & ~converged
+    iteration = c.iteration + 1
+    status = jnp.where(
+        ~finite,
+        Status.NONFINITE,
+        jnp.where(
+            converged,
+            Status.CONVERGED,
+            jnp.where(iteration >= total_steps, Status.MAX_STEPS, Status.RUNNING),
+        ),
+    ).astype(jnp.int32)
+    kept = _select(finite, c.params, c.prev_params)
+    return Carry(
+        params=_select(accept, new_params, kept),
+        opt_state=_select(accept, new_state, _select(finite, c.opt_state, c.prev_opt_state)),
+        prev_params=_select(accept, c.params, c.prev_params),
+        prev_opt_state=_select(accept, c.opt_state, c.prev_opt_state),
+        iteration=iteration,
+        updates=c.updates + accept.astype(jnp.int32) - (~finite).astype(jnp.int32),
+        status=status,
+        key=c.key,
+        perm=perm,
+    )
+
+
+def _commit_all_accepted(c, proposal, total_steps):
+    """:func:`_commit` when every run is running and accepts its step (no selects needed)."""
+    new_params, new_state, _, _, perm = proposal
+    iteration = c.iteration + 1
+    status = jnp.where(iteration >= total_steps, Status.MAX_STEPS, Status.RUNNING)
+    return Carry(
+        params=new_params,
+        opt_state=new_state,
+        prev_params=c.params,
+        prev_opt_state=c.opt_state,
+        iteration=iteration,
+        updates=c.updates + 1,
+        status=status.astype(jnp.int32),
+        key=c.key,
+        perm=perm,
+    )
+
+
+def _chunk(
+    carry, data, tol, total_steps, chunk_steps, *, loss, optimizer, batch_size, chunk_len, batched
+):
+    """Run up to ``chunk_steps`` (<= ``chunk_len``) steps; record loss and gradient norm.
+
+    With ``batched``, ``carry`` has a leading run axis: the loop's condition stays a scalar
+    (some run still going), each step is ``vmap``-ed over the runs, and a run that has ended
+    keeps its carry and history. (Vmapping the whole while loop instead would make its
+    predicate batched, and then every step would copy the whole history buffer.)
+    """
     n = 0 if data is None else data_lib.num_examples(data)
     per_epoch = None if batch_size is None else data_lib.batches_per_epoch(n, batch_size)
+    propose = functools.partial(
+        _propose, step=make_step(loss, optimizer), batch_size=batch_size, n=n, per_epoch=per_epoch
+    )
     dtype = jnp.result_type(*jax.tree.leaves(carry.params))
-    history = (jnp.full((chunk_len,), jnp.nan, dtype), jnp.full((chunk_len,), jnp.nan, dtype))
+    lead = carry.status.shape  # () for one run, (runs,) when batched
+    # history rows are steps, so each step writes one contiguous row
+    history = (
+        jnp.full((chunk_len, *lead), jnp.nan, dtype),
+        jnp.full((chunk_len, *lead), jnp.nan, dtype),
+    )
+    if batched:
+        # Inside the loop the run axis is the last one of every carry leaf: XLA on CPU
+        # vectorises along the minor axis, so per-run masks and selects then stay cheap
+        # (with runs first and a few parameters per run, they ran several times slower).
+        carry = jax.tree.map(_runs_last, carry)
+        vpropose = jax.vmap(propose, in_axes=(-1, None, None), out_axes=-1)
+        vcommit = jax.vmap(_commit, in_axes=(-1, -1, None, None), out_axes=-1)
+
+    # Every run still going has made exactly ``first + i`` steps at loop step ``i`` (runs
+    # advance together and ended ones are frozen), so this scalar says when epochs start.
+    first = jnp.max(carry.iteration)
+
+    def starts_epoch(i):
+        return False if per_epoch is None else (first + i) % per_epoch == 0
 
     def cond(state):
         c, _, i = state
-        return (i < chunk_steps) & (c.status == Status.RUNNING)
+        return (i < chunk_steps) & jnp.any(c.status == Status.RUNNING)
 
     def body(state):
         c, (losses, norms), i = state
-        if batch_size is None:
-            batch, perm = data, c.perm
-        else:
-            within = c.iteration % per_epoch
-            perm = jax.lax.cond(
-                within == 0,
-                lambda: data_lib.epoch_permutation(c.key, c.iteration // per_epoch, n),
-                lambda: c.perm,
+        if batched:
+            active = c.status == Status.RUNNING
+            proposal = vpropose(c, data, starts_epoch(i))
+            _, _, value, norm, _ = proposal
+
+            def some_stop():
+                new_c = vcommit(c, proposal, tol, total_steps)
+                # runs that have ended keep their carry (the key never changes in a step)
+                return jax.tree.map(
+                    lambda a, b: jnp.where(
+                        active.reshape((1,) * (a.ndim - 1) + active.shape), a, b
+                    ),
+                    new_c._replace(key=None),
+                    c._replace(key=None),
+                )._replace(key=c.key)
+
+            # Usually every run goes on: then the per-run selects (slow under vmap on CPU)
+            # are skipped; the result is the same either way.
+            all_go = jnp.all(active & jnp.isfinite(value) & jnp.isfinite(norm) & ~(norm < tol))
+            new_c = jax.lax.cond(
+                all_go, lambda: _commit_all_accepted(c, proposal, total_steps), some_stop
             )
-            batch = data_lib.take_batch(data, perm, within, batch_size)
-        new_params, new_state, value, norm = step(c.params, c.opt_state, batch)
-        finite = jnp.isfinite(value) & jnp.isfinite(norm)
-        converged = finite & (norm < tol)
-        accept = finite & ~converged
-        iteration = c.iteration + 1
-        status = jnp.where(
-            ~finite,
-            Status.NONFINITE,
-            jnp.where(
-                converged,
-                Status.CONVERGED,
-                jnp.where(iteration >= total_steps, Status.MAX_STEPS, Status.RUNNING),
-            ),
-        ).astype(jnp.int32)
-        kept = _select(finite, c.params, c.prev_params)
-        new_c = Carry(
-            params=_select(accept, new_params, kept),
-            opt_state=_select(accept, new_state, c.opt_state),
-            prev_params=_select(accept, c.params, c.prev_params),
-            iteration=iteration,
-            updates=c.updates + accept.astype(jnp.int32) - (~finite).astype(jnp.int32),
-            status=status,
-            key=c.key,
-            perm=perm,
-        )
+            # an ended run's row stays nan (reading the old row would copy the whole buffer)
+            value = jnp.where(active, value.astype(dtype), jnp.nan)
+            norm = jnp.where(active, norm.astype(dtype), jnp.nan)
+        else:
+            proposal = propose(c, data, starts_epoch(i))
+            new_c = _commit(c, proposal, tol, total_steps)
+            _, _, value, norm, _ = proposal
         history = (losses.at[i].set(value.astype(dtype)), norms.at[i].set(norm.astype(dtype)))
         return new_c, history, i + 1
 
     carry, history, _ = jax.lax.while_loop(cond, body, (carry, history, jnp.zeros([], jnp.int32)))
-    return carry, history
+    if batched:
+        carry = jax.tree.map(_runs_first, carry)
+    return carry, tuple(jnp.moveaxis(h, 0, -1) for h in history)
+
+
+def _runs_last(x):
+    return x if x.ndim <= 1 else jnp.moveaxis(x, 0, -1)
+
+
+def _runs_first(x):
+    return x if x.ndim <= 1 else jnp.moveaxis(x, -1, 0)
 
 
 def _finish(carry, data, *, loss):
-    """Loss at the final params on the whole data; a non-finite one rolls back one update."""
+    """Loss at the final params on the whole data; a non-finite one rolls back one update.
+
+    The last update of a run is never evaluated inside the loop, so its params are checked
+    here: if the loss or the gradient is not finite there, the run returns the params before
+    that update (where both were finite) with status ``NONFINITE``.
+    """
 
     def value_at(params):
         return loss(params) if data is None else loss(params, data)
 
-    value = value_at(carry.params)
-    bad = ~jnp.isfinite(value)
+    value, grads = jax.value_and_grad(value_at)(carry.params)
+    bad = ~(jnp.isfinite(value) & jnp.isfinite(global_norm(grads)))
     params = _select(bad, carry.prev_params, carry.params)
+    opt_state = _select(bad, carry.prev_opt_state, carry.opt_state)
     value = jax.lax.cond(bad, lambda: value_at(params), lambda: value)
     status = jnp.where(bad, Status.NONFINITE, carry.status).astype(jnp.int32)
     updates = carry.updates - (bad & (carry.status != Status.NONFINITE)).astype(jnp.int32)
-    return carry._replace(params=params, status=status, updates=jnp.maximum(updates, 0)), value
+    carry = carry._replace(params=params, opt_state=opt_state, status=status)
+    return carry._replace(updates=jnp.maximum(updates, 0)), value
 
 
 @functools.lru_cache(maxsize=128)
 def compiled(loss, optimizer, batch_size, chunk_len, batched: bool, donate: bool = False):
     """The jitted chunk and finish functions for one configuration (cached: no retrace)."""
     chunk = functools.partial(
-        _chunk, loss=loss, optimizer=optimizer, batch_size=batch_size, chunk_len=chunk_len
+        _chunk,
+        loss=loss,
+        optimizer=optimizer,
+        batch_size=batch_size,
+        chunk_len=chunk_len,
+        batched=batched,
     )
     finish = functools.partial(_finish, loss=loss)
     if batched:
-        chunk = jax.vmap(chunk, in_axes=(0, None, None, None, None))
         finish = jax.vmap(finish, in_axes=(0, None))
     return jax.jit(chunk), jax.jit(finish)

@@ -22,7 +22,7 @@ from typing import Any
 import jax
 import numpy as np
 
-__all__ = ["CheckpointError", "load", "save"]
+__all__ = ["CheckpointError", "load", "read_meta", "save"]
 
 MAGIC = b"JAXDESCENT-CHECKPOINT-1\n"
 
@@ -41,6 +41,23 @@ def _to_numpy(leaf: Any) -> np.ndarray:
     return np.asarray(jax.device_get(leaf))
 
 
+def _storable(leaf: np.ndarray) -> np.ndarray:
+    """``leaf`` as NumPy can store it: dtypes NumPy lacks (bfloat16, float8) go as raw bits."""
+    if leaf.dtype.isbuiltin:
+        return leaf
+    return leaf.view(np.dtype(f"u{leaf.dtype.itemsize}"))
+
+
+def _restored(saved: np.ndarray, name: str | None) -> np.ndarray:
+    """Undo :func:`_storable` with the dtype name recorded at save time."""
+    if name is None or saved.dtype.name == name:
+        return saved
+    dtype = jax.numpy.dtype(name)
+    if dtype.itemsize != saved.dtype.itemsize:
+        return saved  # not a raw-bits leaf: let the caller report the mismatch
+    return saved.view(dtype)
+
+
 def save(path: str | os.PathLike, state: Any, meta: dict[str, Any] | None = None) -> Path:
     """Write ``state`` (any pytree of arrays, PRNG keys included) atomically to ``path``."""
     path = Path(path)
@@ -48,8 +65,9 @@ def save(path: str | os.PathLike, state: Any, meta: dict[str, Any] | None = None
     leaves = [_to_numpy(leaf) for leaf in jax.tree.leaves(state)]
     record = dict(meta or {})
     record["num_leaves"] = len(leaves)
+    record["dtypes"] = [leaf.dtype.name for leaf in leaves]
     buffer = io.BytesIO()
-    arrays = {f"leaf_{i:05d}": leaf for i, leaf in enumerate(leaves)}
+    arrays = {f"leaf_{i:05d}": _storable(leaf) for i, leaf in enumerate(leaves)}
     arrays["__meta__"] = np.frombuffer(json.dumps(record).encode(), dtype=np.uint8)
     np.savez(buffer, **arrays)
     payload = buffer.getvalue()
@@ -72,16 +90,8 @@ def save(path: str | os.PathLike, state: Any, meta: dict[str, Any] | None = None
     return path
 
 
-def load(path: str | os.PathLike, template: Any) -> tuple[Any, dict[str, Any]]:
-    """Read a checkpoint into the tree structure of ``template``; return ``(state, meta)``.
-
-    ``template`` is a pytree of arrays like the saved state, or a function ``meta -> pytree``
-    for states whose shapes depend on what was saved (such as a loss history).
-
-    Raises :class:`CheckpointError` if the file is truncated or corrupted (checksum), or if
-    its leaves do not match the template's number, shapes and dtypes.
-    """
-    path = Path(path)
+def _payload(path: Path) -> bytes:
+    """The checked ``.npz`` bytes of the checkpoint at ``path``."""
     try:
         blob = path.read_bytes()
     except FileNotFoundError:
@@ -99,9 +109,29 @@ def load(path: str | os.PathLike, template: Any) -> tuple[Any, dict[str, Any]]:
             f"checkpoint {str(path)!r} is corrupted or truncated: its SHA-256 checksum does not "
             "match its contents; refusing to load it"
         )
-    with np.load(io.BytesIO(payload), allow_pickle=False) as archive:
+    return payload
+
+
+def read_meta(path: str | os.PathLike) -> dict[str, Any]:
+    """The metadata record of a checkpoint (e.g. ``steps_done``), checksum verified."""
+    with np.load(io.BytesIO(_payload(Path(path))), allow_pickle=False) as archive:
+        return json.loads(archive["__meta__"].tobytes().decode())
+
+
+def load(path: str | os.PathLike, template: Any) -> tuple[Any, dict[str, Any]]:
+    """Read a checkpoint into the tree structure of ``template``; return ``(state, meta)``.
+
+    ``template`` is a pytree of arrays like the saved state, or a function ``meta -> pytree``
+    for states whose shapes depend on what was saved (such as a loss history).
+
+    Raises :class:`CheckpointError` if the file is truncated or corrupted (checksum), or if
+    its leaves do not match the template's number, shapes and dtypes.
+    """
+    path = Path(path)
+    with np.load(io.BytesIO(_payload(path)), allow_pickle=False) as archive:
         meta = json.loads(archive["__meta__"].tobytes().decode())
-        stored = [archive[f"leaf_{i:05d}"] for i in range(meta["num_leaves"])]
+        names = meta.get("dtypes") or [None] * meta["num_leaves"]
+        stored = [_restored(archive[f"leaf_{i:05d}"], names[i]) for i in range(meta["num_leaves"])]
     if callable(template):
         template = template(meta)
     template_leaves, treedef = jax.tree.flatten(template)

@@ -44,6 +44,9 @@ def check_data(data: Any) -> int:
         sizes[where] = shape[0]
         dtype = getattr(leaf, "dtype", np.asarray(leaf).dtype)
         if np.issubdtype(dtype, np.floating) and not isinstance(leaf, jax.core.Tracer):
+            # on the device for device arrays: only a bad leaf is copied to the host
+            if isinstance(leaf, jax.Array) and bool(jnp.all(jnp.isfinite(leaf))):
+                continue
             finite = np.isfinite(np.asarray(leaf))
             if not finite.all():
                 index = tuple(int(i) for i in np.argwhere(~finite)[0])
@@ -66,7 +69,8 @@ def batches_per_epoch(n: int, batch_size: int) -> int:
 
 def epoch_permutation(key: jax.Array, epoch: jax.Array, n: int) -> jax.Array:
     """The order in which epoch number ``epoch`` visits the ``n`` examples."""
-    return jax.random.permutation(jax.random.fold_in(key, epoch), n)
+    # int32 whatever the x64 setting, so the order has one dtype inside the loop
+    return jax.random.permutation(jax.random.fold_in(key, epoch), n).astype(jnp.int32)
 
 
 def batch_at(data: Any, key: jax.Array, step: jax.typing.ArrayLike, batch_size: int) -> Any:

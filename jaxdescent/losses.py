@@ -67,6 +67,7 @@ def nll(apply: Callable[[Any, jax.Array], jax.Array], likelihood: Likelihood) ->
         return -jnp.sum(log_p) / n
 
     loss.likelihood = likelihood
+    loss.apply = apply
     return loss
 
 
@@ -82,11 +83,21 @@ def _reduce(values: jax.Array, reduction: str) -> jax.Array:
     return values
 
 
+def _check_same_shape(names: tuple[str, str], a, b) -> None:
+    """Elementwise losses refuse to broadcast: ``(n, 1)`` against ``(n,)`` would give ``(n, n)``."""
+    sa, sb = jnp.shape(a), jnp.shape(b)
+    if sa != sb and sa != () and sb != ():
+        raise ValueError(
+            f"{names[1]} must have the shape of {names[0]}, {sa} (or be a scalar); got {sb}"
+        )
+
+
 def mse(predictions, targets, reduction: str = "mean") -> jax.Array:
     r"""Mean squared error ``(f - y)^2``: the Gaussian NLL up to scale and a constant.
 
     Its minimiser over a constant prediction is the sample mean.
     """
+    _check_same_shape(("predictions", "targets"), predictions, targets)
     return _reduce(jnp.square(jnp.asarray(predictions) - targets), reduction)
 
 
@@ -95,6 +106,7 @@ def mae(predictions, targets, reduction: str = "mean") -> jax.Array:
 
     Its minimiser over a constant prediction is the sample median, which outliers barely move.
     """
+    _check_same_shape(("predictions", "targets"), predictions, targets)
     return _reduce(jnp.abs(jnp.asarray(predictions) - targets), reduction)
 
 
@@ -121,6 +133,7 @@ def poisson_nll(log_rate, counts, reduction: str = "mean", *, full: bool = False
     Like PyTorch's ``PoissonNLLLoss(log_input=True)``, the constant ``log y!`` is left out
     unless ``full=True``; it does not change the gradient.
     """
+    _check_same_shape(("log_rate", "counts"), log_rate, counts)
     log_rate = jnp.asarray(log_rate)
     counts = jnp.asarray(counts, log_rate.dtype)
     values = jnp.exp(log_rate) - counts * log_rate

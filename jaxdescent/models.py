@@ -71,6 +71,16 @@ def _check_scheme(scheme) -> None:
         )
 
 
+def _dense(layer, x: jax.Array) -> jax.Array:
+    """``x @ W + b`` for one example ``(in,)`` or a batch ``(n, in)``.
+
+    The bias is broadcast explicitly, so the layer also works under
+    ``jax_numpy_rank_promotion='raise'``.
+    """
+    out = x @ layer["w"]
+    return out + jnp.broadcast_to(layer["b"], out.shape)
+
+
 def _dense_init(key, fan_in, fan_out, w_init, b_init, dtype):
     return {
         "w": init_weights(key, (fan_in, fan_out), w_init, dtype),
@@ -107,7 +117,7 @@ def linear(
         return _dense_init(key, in_dim, out_dim, w_init, b_init, dtype)
 
     def apply(params, x):
-        return jnp.asarray(x) @ params["w"] + params["b"]
+        return _dense(params, jnp.asarray(x))
 
     return Model(init, apply)
 
@@ -164,8 +174,8 @@ def mlp(
     def apply(params, x):
         h = jnp.asarray(x)
         for layer in params[:-1]:
-            h = activation(h @ layer["w"] + layer["b"])
-        out = h @ params[-1]["w"] + params[-1]["b"]
+            h = activation(_dense(layer, h))
+        out = _dense(params[-1], h)
         return out if final_activation is None else final_activation(out)
 
     return Model(init, apply)

@@ -8,6 +8,7 @@ axis over the devices when there are several.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple
 
@@ -18,7 +19,14 @@ import optax
 
 from jaxdescent._checks import check_callable, check_int, check_nonnegative
 from jaxdescent._engine import Status, init_carry
-from jaxdescent.train import _check_optimizer, as_key, check_chunk, check_problem, drive
+from jaxdescent.train import (
+    _check_optimizer,
+    as_key,
+    check_chunk,
+    check_problem,
+    device_mesh,
+    drive,
+)
 
 __all__ = ["Minima", "MultistartResult", "distinct_minima", "multistart", "restart_keys"]
 
@@ -108,28 +116,23 @@ def multistart(
     example = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), params_shape)
     n = check_problem(loss, example, data, batch_size, steps, tol, name="init(key)")
     chunk = check_chunk(chunk_size, steps, progress, None)
-
-    @jax.jit
-    def start(init_keys, fit_keys):
-        params = jax.vmap(init)(init_keys)
-        opt_state = jax.vmap(optimizer.init)(params)
-        return jax.vmap(lambda p, s, k: init_carry(p, s, k, n, batch_size))(
-            params, opt_state, fit_keys
-        )
-
-    carry = start(init_keys, fit_keys)
-    if hyperparams:
-        carry = carry._replace(opt_state=_inject(carry.opt_state, hyperparams, restarts))
+    if hyperparams:  # checked on the state's shapes, before anything is compiled
+        _inject(jax.eval_shape(optimizer.init, example), hyperparams, restarts)
     ndev = jax.local_device_count()
     if shard is None:
         shard = ndev > 1 and restarts % ndev == 0
+    if shard and restarts % ndev:
+        raise ValueError(
+            f"shard=True needs restarts ({restarts}) to be a multiple of the number of "
+            f"devices ({ndev})"
+        )
+
+    carry = _starter(init, optimizer, n, batch_size)(init_keys, fit_keys)
+    if hyperparams:
+        opt_state = _inject(carry.opt_state, hyperparams, restarts)
+        carry = carry._replace(opt_state=opt_state, prev_opt_state=opt_state)
     if shard:
-        if restarts % ndev:
-            raise ValueError(
-                f"shard=True needs restarts ({restarts}) to be a multiple of the number of "
-                f"devices ({ndev})"
-            )
-        mesh = jax.make_mesh((ndev,), ("restarts",))
+        mesh = device_mesh("restarts")
         spec = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("restarts"))
         carry = jax.device_put(carry, spec)
     carry, (losses, norms), final = drive(
@@ -155,6 +158,29 @@ def multistart(
         init_keys=init_keys,
         fit_keys=fit_keys,
     )
+
+
+def _starter(init, optimizer, n, batch_size):
+    """The jitted start (initial carries of all restarts), cached so calls do not recompile."""
+    try:
+        return _cached_starter(init, optimizer, n, batch_size)
+    except TypeError:  # an unhashable init or optimizer: build it afresh
+        return _make_starter(init, optimizer, n, batch_size)
+
+
+def _make_starter(init, optimizer, n, batch_size):
+    @jax.jit
+    def start(init_keys, fit_keys):
+        params = jax.vmap(init)(init_keys)
+        opt_state = jax.vmap(optimizer.init)(params)
+        return jax.vmap(lambda p, s, k: init_carry(p, s, k, n, batch_size))(
+            params, opt_state, fit_keys
+        )
+
+    return start
+
+
+_cached_starter = functools.lru_cache(maxsize=128)(_make_starter)
 
 
 def _inject(opt_state, hyperparams, restarts):
@@ -204,8 +230,21 @@ def distinct_minima(params: Any, tol: float, losses: jax.Array | None = None) ->
       ``counts`` (per solution).
     """
     check_nonnegative("tol", tol)
+    leads = {
+        "params" + jax.tree_util.keystr(path): np.shape(leaf)[:1]
+        for path, leaf in jax.tree_util.tree_leaves_with_path(params)
+    }
+    if not leads or len(set(leads.values())) != 1 or () in leads.values():
+        raise ValueError(
+            "params must be stacked restarts: a pytree of arrays sharing a leading restart "
+            f"axis; got leading sizes {leads}"
+        )
     flat = np.asarray(jax.vmap(lambda p: jax.flatten_util.ravel_pytree(p)[0])(params))
     count = flat.shape[0]
+    if losses is not None and np.shape(losses) != (count,):
+        raise ValueError(
+            f"losses must have shape ({count},), one value per restart; got {np.shape(losses)}"
+        )
     order = np.arange(count) if losses is None else np.argsort(np.asarray(losses), kind="stable")
     valid = np.ones(count, bool) if losses is None else np.isfinite(np.asarray(losses))
     valid &= np.all(np.isfinite(flat), axis=1)

@@ -178,10 +178,12 @@ def warmup(schedule: Schedule | float, steps: int, init_value: float = 0.0) -> S
     after = schedule if callable(schedule) else constant(schedule)
     if steps == 0:
         return after
-    target = after(0)
 
     def warm(count):
         t = _float(count)
+        # s(0) is evaluated here rather than when the schedule is built, so it is computed
+        # in the precision in force at call time (float64 under x64) and never on the host
+        target = after(jnp.zeros_like(t))
         ramp = init_value + (target - init_value) * t / steps
         return jnp.where(t < steps, ramp, after(jnp.maximum(t - steps, 0.0)))
 

@@ -23,6 +23,7 @@ from jaxdescent import data as data_lib
 from jaxdescent._checks import check_callable, check_float_tree, check_int, check_nonnegative
 from jaxdescent._engine import Carry, Status, compiled, init_carry
 from jaxdescent._engine import make_step as _make_step
+from jaxdescent.likelihoods import Categorical
 
 __all__ = ["FitResult", "Status", "fit", "make_step"]
 
@@ -79,6 +80,20 @@ def make_step(loss: Callable, optimizer: optax.GradientTransformation) -> Callab
 
 
 def _check_optimizer(optimizer) -> None:
+    if isinstance(optimizer, str):  # a rule's name: say how to build it, or which names exist
+        from jaxdescent import optim
+
+        rules = sorted(n for n in optim.__all__ if n.islower())
+        hint = (
+            f"build it with its factory, e.g. jd.optim.{optimizer}(...)"
+            if optimizer in rules
+            else f"{optimizer!r} is not an update rule in jd.optim, whose rules are "
+            + ", ".join(rules)
+        )
+        raise TypeError(
+            f"optimizer must be an optax GradientTransformation, not a name; got the string "
+            f"{optimizer!r}: {hint}"
+        )
     if not (
         callable(getattr(optimizer, "init", None)) and callable(getattr(optimizer, "update", None))
     ):
@@ -128,7 +143,10 @@ def check_problem(loss, params, data, batch_size, steps, tol, name="params"):
                 )
         likelihood = getattr(loss, "likelihood", None)
         if likelihood is not None and isinstance(data, (tuple, list)) and len(data) == 2:
-            likelihood.check_targets(data[1])
+            if isinstance(likelihood, Categorical) and callable(getattr(loss, "apply", None)):
+                likelihood.check_targets(data[1], _num_classes(loss.apply, params, data[0]))
+            else:
+                likelihood.check_targets(data[1])
         probe = (
             params,
             data if batch_size is None else jax.tree.map(lambda x: x[:batch_size], data),
@@ -142,6 +160,15 @@ def check_problem(loss, params, data, batch_size, steps, tol, name="params"):
         got = f"shape {getattr(out, 'shape', None)} and dtype {getattr(out, 'dtype', type(out))}"
         raise ValueError(f"loss must return a floating-point scalar (shape ()); got {got}")
     return n
+
+
+def _num_classes(apply, params, x) -> int | None:
+    """The class count a Categorical likelihood sees: the model output's last axis."""
+    try:
+        out = jax.eval_shape(apply, params, x)
+    except Exception:  # a shape error: the loss check below reports it
+        return None
+    return int(out.shape[-1]) if out.ndim else None
 
 
 def check_chunk(chunk_size, steps, progress, checkpoint_dir) -> int:
@@ -172,19 +199,19 @@ def drive(
     """Run chunks until every run has ended or ``steps`` is spent; returns (carry, hist, loss)."""
     run_chunk, finish = compiled(loss, optimizer, batch_size, chunk, batched)
     tol_value = jnp.asarray(-jnp.inf if tol is None else tol)
+    # host (NumPy) data goes to the device once, not once per chunk
+    data = jax.tree.map(lambda x: x if isinstance(x, jax.Array) else jnp.asarray(x), data)
     losses, norms = history if history is not None else ([], [])
     path = None if checkpoint_dir is None else Path(checkpoint_dir) / CHECKPOINT_NAME
     done_steps = 0
+    # what a checkpoint must agree on to be continued by this run
+    run_meta = {
+        "examples": 0 if data is None else data_lib.num_examples(data),
+        "batch_size": batch_size,
+        "runs": list(carry.status.shape),
+    }
     if resume and path is not None and path.exists():
-        dtype = jnp.result_type(*jax.tree.leaves(carry.params))
-
-        def template(meta, carry=carry):
-            empty = jnp.zeros((*carry.status.shape, int(meta["steps_done"])), dtype)
-            return carry, (empty, empty)
-
-        (carry, saved_hist), meta = ckpt.load(path, template)
-        done_steps = int(meta["steps_done"])
-        losses, norms = [saved_hist[0]], [saved_hist[1]]
+        carry, (losses, norms), done_steps = _resume(path, carry, steps, run_meta)
     bar = _progress_bar(steps, done_steps) if progress else None
     chunks_run = 0
     try:
@@ -197,9 +224,9 @@ def drive(
             chunks_run += 1
             if bar is not None:
                 bar.update(this)
-                bar.set_postfix(loss=f"{float(jnp.nanmin(chunk_losses[..., this - 1])):.4g}")
+                bar.set_postfix(loss=_latest_loss(chunk_losses[..., :this]))
             if path is not None and chunks_run % checkpoint_every == 0 and done_steps < steps:
-                _save(path, carry, losses, norms, done_steps)
+                _save(path, carry, losses, norms, done_steps, run_meta)
     finally:
         if bar is not None:
             bar.close()
@@ -207,13 +234,47 @@ def drive(
     hist_losses = _pad(losses, steps, batched, carry)
     hist_norms = _pad(norms, steps, batched, carry)
     if path is not None:
-        _save(path, carry, [hist_losses], [hist_norms], steps)
+        _save(path, carry, [hist_losses], [hist_norms], steps, run_meta)
     return carry, (hist_losses, hist_norms), final
 
 
-def _save(path, carry, losses, norms, done_steps):
+def _resume(path, carry, steps, run_meta):
+    """The carry, history and step count saved at ``path``, checked against this run."""
+    dtype = jnp.result_type(*jax.tree.leaves(carry.params))
+
+    def template(meta, carry=carry):
+        empty = jnp.zeros((*carry.status.shape, int(meta["steps_done"])), dtype)
+        return carry, (empty, empty)
+
+    (saved, hist), meta = ckpt.load(path, template)
+    for name, value in run_meta.items():
+        if meta.get(name, value) != value:
+            raise ckpt.CheckpointError(
+                f"checkpoint {str(path)!r} was written by a run with {name}={meta[name]!r}; "
+                f"this run has {name}={value!r}, so it cannot resume from it"
+            )
+    done = int(meta["steps_done"])
+    if done > steps:
+        raise ValueError(
+            f"the checkpoint in {str(path.parent)!r} has already run {done} steps; to resume "
+            f"from it, steps must be at least {done}; got steps={steps}"
+        )
+    # A run that only ran out of steps goes on when this run's budget is larger.
+    more = (saved.status == Status.MAX_STEPS) & (saved.iteration < steps)
+    saved = saved._replace(status=jnp.where(more, Status.RUNNING, saved.status).astype(jnp.int32))
+    return saved, ([hist[0]], [hist[1]]), done
+
+
+def _latest_loss(chunk_losses) -> str:
+    """The progress bar's loss: the last finite one (the best restart's, under multistart)."""
+    values = np.asarray(chunk_losses).reshape(-1, chunk_losses.shape[-1])
+    latest = [row[np.isfinite(row)][-1] for row in values if np.isfinite(row).any()]
+    return f"{min(latest):.4g}" if latest else "nan"
+
+
+def _save(path, carry, losses, norms, done_steps, run_meta):
     hist = (jnp.concatenate(losses, axis=-1), jnp.concatenate(norms, axis=-1))
-    ckpt.save(path, (carry, hist), {"steps_done": done_steps})
+    ckpt.save(path, (carry, hist), {"steps_done": done_steps, **run_meta})
 
 
 def _pad(parts, steps, batched, carry):
@@ -283,9 +344,13 @@ def fit(
         20 chunks with ``progress`` or checkpoints. It does not change the results.
       progress: show a tqdm progress bar, updated between chunks.
       checkpoint_dir: a folder to save (params, optimizer state, step, key, history) into,
-        every ``checkpoint_every`` chunks and at the end, each save atomic.
-      resume: continue from the checkpoint in ``checkpoint_dir`` if there is one; the resumed
-        run equals an uninterrupted one bit for bit.
+        as ``checkpoint.jdc``, every ``checkpoint_every`` chunks and at the end, each save
+        atomic (:mod:`jaxdescent.checkpoint`).
+      resume: continue from the checkpoint in ``checkpoint_dir`` if there is one (else start
+        afresh); the resumed run equals an uninterrupted one bit for bit. Its params, state
+        and key come from the checkpoint; a run that had used up its steps goes on to a
+        larger ``steps``. A checkpoint written for other data sizes, batch size or number of
+        steps beyond ``steps`` is refused.
       shard_data: place the data split along its example axis over all local devices (data
         parallelism; the example count must divide evenly).
 
@@ -335,13 +400,22 @@ def fit(
     )
 
 
+def device_mesh(axis: str) -> jax.sharding.Mesh:
+    """A one-axis mesh of the local devices, with automatic (GSPMD) sharding propagation.
+
+    ``jax.make_mesh`` defaults to *explicit* axes in recent JAX, under which the batch
+    gathers inside the loop would need their output shardings spelled out.
+    """
+    return jax.sharding.Mesh(np.array(jax.local_devices()), (axis,))
+
+
 def _shard_examples(data, n):
-    devices = jax.devices()
+    devices = jax.local_devices()
     if n % len(devices):
         raise ValueError(
             f"shard_data needs the number of examples ({n}) to be a multiple of the number of "
             f"devices ({len(devices)})"
         )
-    mesh = jax.make_mesh((len(devices),), ("examples",))
+    mesh = device_mesh("examples")
     spec = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("examples"))
     return jax.device_put(data, spec)

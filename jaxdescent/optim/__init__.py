@@ -13,17 +13,34 @@ from jaxdescent.optim.first_order import (
     rmsprop,
     sgd,
 )
+from jaxdescent.optim.line_search import BacktrackingLineSearchState, backtracking_line_search
+from jaxdescent.optim.second_order import (
+    NewtonCGState,
+    NewtonState,
+    SaddleFreeNewtonState,
+    newton,
+    newton_cg,
+    saddle_free_newton,
+)
 
 __all__ = [
     "AdagradState",
     "AdamState",
+    "BacktrackingLineSearchState",
     "MomentumState",
+    "NewtonCGState",
+    "NewtonState",
     "RmspropState",
+    "SaddleFreeNewtonState",
     "SgdState",
     "adagrad",
     "adam",
     "adamw",
+    "backtracking_line_search",
     "momentum",
+    "newton",
+    "newton_cg",
     "rmsprop",
+    "saddle_free_newton",
     "sgd",
 ]

@@ -25,6 +25,7 @@ from jaxdescent._checks import (
     check_unit_interval,
 )
 from jaxdescent.optim._common import (
+    check_grads,
     checked_learning_rate,
     full_like,
     increment,
@@ -89,6 +90,16 @@ def _count() -> jax.Array:
     return jnp.zeros([], jnp.int32)
 
 
+def _c(value: Any, like: jax.Array) -> jax.Array:
+    """A hyperparameter in the dtype of ``like``.
+
+    A NumPy float64 scalar or a float64 array (e.g. injected by ``optax.inject_hyperparams``
+    under x64) would otherwise promote float32 state to float64, changing the state's type
+    between steps (a retrace, or a ``lax.scan`` carry error).
+    """
+    return jnp.asarray(value, dtype=like.dtype)
+
+
 def sgd(learning_rate: optax.ScalarOrSchedule) -> optax.GradientTransformationExtraArgs:
     r"""Gradient descent: step against the gradient.
 
@@ -124,6 +135,7 @@ def sgd(learning_rate: optax.ScalarOrSchedule) -> optax.GradientTransformationEx
         return SgdState(count=_count())
 
     def update(grads, state, params=None, **extra):
+        check_grads(grads, params)
         del params, extra
         lr = learning_rate_at(learning_rate, state.count)
         return scale_like(grads, -lr), SgdState(count=increment(state.count))
@@ -173,16 +185,19 @@ def momentum(
         return MomentumState(count=_count(), velocity=zeros_like(params))
 
     def update(grads, state, params=None, **extra):
+        check_grads(grads, params, state.velocity)
         del params, extra
         lr = learning_rate_at(learning_rate, state.count)
         if form == "ema":
-            velocity = jax.tree.map(lambda v, g: beta * v + (1 - beta) * g, state.velocity, grads)
+            velocity = jax.tree.map(
+                lambda v, g: _c(beta, v) * v + _c(1 - beta, g) * g, state.velocity, grads
+            )
             direction = velocity
         else:
-            velocity = jax.tree.map(lambda v, g: g + beta * v, state.velocity, grads)
+            velocity = jax.tree.map(lambda v, g: g + _c(beta, v) * v, state.velocity, grads)
             direction = velocity
             if form == "nesterov":
-                direction = jax.tree.map(lambda v, g: g + beta * v, velocity, grads)
+                direction = jax.tree.map(lambda v, g: g + _c(beta, v) * v, velocity, grads)
         updates = scale_like(direction, -lr)
         return updates, MomentumState(count=increment(state.count), velocity=velocity)
 
@@ -222,11 +237,12 @@ def adagrad(
         )
 
     def update(grads, state, params=None, **extra):
+        check_grads(grads, params, state.sum_of_squares)
         del params, extra
         lr = learning_rate_at(learning_rate, state.count)
         sums = jax.tree.map(lambda s, g: s + g * g, state.sum_of_squares, grads)
         scaled = jax.tree.map(
-            lambda s, g: jnp.where(s > 0, jax.lax.rsqrt(s + eps), 0.0).astype(g.dtype) * g,
+            lambda s, g: jnp.where(s > 0, jax.lax.rsqrt(s + _c(eps, s)), 0.0).astype(g.dtype) * g,
             sums,
             grads,
         )
@@ -289,23 +305,30 @@ def rmsprop(
         )
 
     def update(grads, state, params=None, **extra):
+        check_grads(grads, params, state.nu)
         del params, extra
         lr = learning_rate_at(learning_rate, state.count)
-        nu = jax.tree.map(lambda n, g: (1 - decay) * (g * g) + decay * n, state.nu, grads)
+        nu = jax.tree.map(
+            lambda n, g: _c(1 - decay, g) * (g * g) + _c(decay, n) * n, state.nu, grads
+        )
         if centered:
-            mu = jax.tree.map(lambda m, g: (1 - decay) * g + decay * m, state.mu, grads)
+            mu = jax.tree.map(
+                lambda m, g: _c(1 - decay, g) * g + _c(decay, m) * m, state.mu, grads
+            )
             scaled = jax.tree.map(
-                lambda g, n, m: g * jax.lax.rsqrt(n - m * m + eps), grads, nu, mu
+                lambda g, n, m: g * jax.lax.rsqrt(n - m * m + _c(eps, n)), grads, nu, mu
             )
         else:
             mu = None
-            scaled = jax.tree.map(lambda g, n: g * jax.lax.rsqrt(n + eps), grads, nu)
+            scaled = jax.tree.map(lambda g, n: g * jax.lax.rsqrt(n + _c(eps, n)), grads, nu)
         updates = scale_like(scaled, -lr)
         trace = None
         if momentum is not None:
-            trace = jax.tree.map(lambda u, b: u + momentum * b, updates, state.trace)
+            trace = jax.tree.map(lambda u, b: u + _c(momentum, b) * b, updates, state.trace)
             updates = (
-                jax.tree.map(lambda u, b: u + momentum * b, updates, trace) if nesterov else trace
+                jax.tree.map(lambda u, b: u + _c(momentum, b) * b, updates, trace)
+                if nesterov
+                else trace
             )
         return updates, RmspropState(count=increment(state.count), nu=nu, mu=mu, trace=trace)
 
@@ -313,13 +336,18 @@ def rmsprop(
 
 
 def _adam_direction(grads, state: AdamState, b1, b2, eps, eps_root):
-    mu = jax.tree.map(lambda m, g: (1 - b1) * g + b1 * m, state.mu, grads)
-    nu = jax.tree.map(lambda v, g: (1 - b2) * (g * g) + b2 * v, state.nu, grads)
+    mu = jax.tree.map(lambda m, g: _c(1 - b1, g) * g + _c(b1, m) * m, state.mu, grads)
+    nu = jax.tree.map(lambda v, g: _c(1 - b2, g) * (g * g) + _c(b2, v) * v, state.nu, grads)
     count = increment(state.count)
+    # 1 - b^t as 1 - exp(t log b): the same value to rounding, and exp vectorises on CPU where
+    # pow does not (with one count per restart under vmap, pow dominated the whole step)
+    t = count.astype(jnp.result_type(float))
+    correction1 = 1 - jnp.exp(t * jnp.log(b1))
+    correction2 = 1 - jnp.exp(t * jnp.log(b2))
     direction = jax.tree.map(
         lambda m, v: (
-            (m / (1 - b1**count).astype(m.dtype))
-            / (jnp.sqrt(v / (1 - b2**count).astype(v.dtype) + eps_root) + eps)
+            (m / correction1.astype(m.dtype))
+            / (jnp.sqrt(v / correction2.astype(v.dtype) + _c(eps_root, v)) + _c(eps, v))
         ),
         mu,
         nu,
@@ -366,6 +394,7 @@ def adam(
         return AdamState(count=_count(), mu=zeros_like(params), nu=zeros_like(params))
 
     def update(grads, state, params=None, **extra):
+        check_grads(grads, params, state.mu)
         del params, extra
         lr = learning_rate_at(learning_rate, state.count)
         direction, new_state = _adam_direction(grads, state, b1, b2, eps, eps_root)
@@ -404,9 +433,10 @@ def adamw(
         del extra
         if params is None:
             raise ValueError("adamw needs params in update(grads, state, params)")
+        check_grads(grads, params)
         lr = learning_rate_at(learning_rate, state.count)
         direction, new_state = _adam_direction(grads, state, b1, b2, eps, eps_root)
-        direction = jax.tree.map(lambda d, p: d + weight_decay * p, direction, params)
+        direction = jax.tree.map(lambda d, p: d + _c(weight_decay, p) * p, direction, params)
         return scale_like(direction, -lr), new_state
 
     return optax.GradientTransformationExtraArgs(init, update)

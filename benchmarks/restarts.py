@@ -1,0 +1,141 @@
+"""Case 3: many restarts of Adam on Rosenbrock, ``jd.multistart`` against Python loops."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import optax
+
+import jaxdescent as jd
+from benchmarks.common import Size, case_record, entry, measure, target
+
+LEARNING_RATE = 1e-2
+
+
+def rosenbrock(x):
+    """f(x, y) = (1 - x)^2 + 100 (y - x^2)^2, minimum 0 at (1, 1)."""
+    return (1.0 - x[0]) ** 2 + 100.0 * (x[1] - x[0] ** 2) ** 2
+
+
+def init(key):
+    """A start drawn uniformly from [-2, 2]^2."""
+    return jax.random.uniform(key, (2,), jnp.float32, -2.0, 2.0)
+
+
+def single_scan_runner(steps: int):
+    """One restart as a jitted ``lax.scan`` over ``optax.adam`` (the fastest single run)."""
+    opt = optax.adam(LEARNING_RATE)
+
+    @jax.jit
+    def run(key):
+        x = init(key)
+
+        def body(carry, _):
+            p, s = carry
+            value, g = jax.value_and_grad(rosenbrock)(p)
+            u, s = opt.update(g, s, p)
+            return (optax.apply_updates(p, u), s), value
+
+        (p, _), values = jax.lax.scan(body, (x, opt.init(x)), None, length=steps)
+        return p, values
+
+    return run
+
+
+def case3(size: Size) -> dict:
+    restarts = size.pick(1_024, 1_024, 8)
+    steps = size.pick(1_000, 1_000, 20)
+    loop_subset = size.pick(32, 16, 2)
+    curve = size.pick([1, 4, 16, 64, 256, 1_024, 4_096], [1, 16, 256, 1_024, 4_096], [8])
+    r = size.repeats
+    opt = jd.optim.adam(LEARNING_RATE)
+    key = jax.random.key(0)
+
+    def run_multi(count):
+        return jd.multistart(init, rosenbrock, opt, key=key, restarts=count, steps=steps)
+
+    multi_t = measure(lambda: run_multi(restarts), r)
+    init_keys, _ = jd.restart_keys(key, restarts)
+    sub_keys = init_keys[:loop_subset]
+
+    scan_one = single_scan_runner(steps)
+
+    def loop_scan():
+        return [scan_one(k) for k in sub_keys]
+
+    def loop_fit():
+        return [jd.fit(rosenbrock, init(k), opt, steps=steps) for k in sub_keys]
+
+    scan_loop_t = measure(loop_scan, max(3, r // 2))
+    fit_loop_t = measure(loop_fit, max(3, r // 2))
+    # the same runs: restart i of multistart equals fit from init(init_keys[i])
+    agree = float(
+        jnp.max(
+            jnp.abs(
+                multi_t.result.params[:loop_subset]
+                - jnp.stack([res.params for res in fit_loop_t.result])
+            )
+        )
+    )
+    per_multi = multi_t.median_s / restarts
+    per_scan = scan_loop_t.median_s / loop_subset
+    per_fit = fit_loop_t.median_s / loop_subset
+    rows = [
+        entry(
+            f"jd.multistart ({restarts} restarts)",
+            multi_t,
+            per_restart_us=1e6 * per_multi,
+            converged_fraction=float(
+                jnp.mean(jnp.linalg.norm(multi_t.result.params - 1.0, axis=-1) < 1e-2)
+            ),
+        ),
+        entry(
+            f"Python loop of jitted lax.scan runs ({loop_subset} runs, scaled)",
+            scan_loop_t,
+            per_restart_us=1e6 * per_scan,
+            ratio_per_restart_this_over_multistart=per_scan / per_multi,
+        ),
+        entry(
+            f"Python loop of jd.fit ({loop_subset} runs, scaled)",
+            fit_loop_t,
+            per_restart_us=1e6 * per_fit,
+            ratio_per_restart_this_over_multistart=per_fit / per_multi,
+            max_abs_diff_vs_multistart=agree,
+        ),
+    ]
+    curve_rows = []
+    for count in curve:
+        t = measure(lambda count=count: run_multi(count), max(3, r // 2))
+        curve_rows.append(
+            {
+                "restarts": count,
+                "median_s": t.median_s,
+                "per_restart_us": 1e6 * t.median_s / count,
+                "compile_s": t.compile_s,
+            }
+        )
+    record = case_record(
+        3,
+        f"Restarts: {restarts} restarts of Adam on Rosenbrock, {steps} steps",
+        rows,
+        targets=[
+            target(
+                "per restart: jitted-run loop / multistart >= 10",
+                per_scan / per_multi,
+                10.0,
+                at_most=False,
+            )
+        ],
+        notes=(
+            "The loops run a subset of the same starts and are scaled per restart. "
+            "The time curve is jd.multistart alone, one compiled program per restart count."
+        ),
+        params={
+            "restarts": restarts,
+            "steps": steps,
+            "loop_subset": loop_subset,
+            "learning_rate": LEARNING_RATE,
+        },
+    )
+    record["curve"] = curve_rows
+    return record

@@ -1,0 +1,218 @@
+"""The jaxdescent command: demo, compare, bench, and its errors (exit code 2, one line)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("matplotlib")
+
+from jaxdescent import cli
+
+
+def test_demo_writes_table_plots_and_summary(tmp_path, capsys):
+    out = tmp_path / "demo"
+    code = cli.main(
+        [
+            "demo",
+            "--restarts",
+            "4",
+            "--steps",
+            "30",
+            "--points",
+            "64",
+            "--batch-size",
+            "16",
+            "--out",
+            str(out),
+            "--seed",
+            "3",
+        ]
+    )
+    assert code == 0
+    text = capsys.readouterr().out
+    for row in (
+        "best final loss",
+        "median final loss",
+        "worst final loss",
+        "accuracy of the best",
+        "restarts that failed",
+        "time",
+    ):
+        assert row in text
+    assert str(out) in text
+    for name in ("loss_curves.png", "decision_boundary.png", "final_losses.png"):
+        assert (out / name).stat().st_size > 1000
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["restarts"] == 4 and summary["steps"] == 30
+    assert summary["final_loss"]["best"] <= summary["final_loss"]["median"]
+    assert 0.0 <= summary["best_accuracy"]["test"] <= 1.0
+
+
+def test_compare_newton_goes_straight_to_the_minimum(tmp_path, capsys):
+    code = cli.main(
+        [
+            "compare",
+            "--problem",
+            "rosenbrock",
+            "--optimizers",
+            "sgd,newton",
+            "--start",
+            "-1.2,1",
+            "--steps",
+            "300",
+            "--out",
+            str(tmp_path),
+        ]
+    )
+    assert code == 0
+    lines = capsys.readouterr().out.splitlines()
+    rows = {line.split()[0]: line.split() for line in lines if line.startswith(("sgd", "newton"))}
+    assert rows["sgd"][2] == "300" and rows["sgd"][3] == "max"
+    assert int(rows["newton"][2]) < 40 and rows["newton"][3] == "converged"
+    assert float(rows["newton"][-3]) < 1e-12  # final loss
+    for name in ("compare_rosenbrock_paths.png", "compare_rosenbrock_losses.png"):
+        assert (tmp_path / name).stat().st_size > 1000
+
+
+def test_compare_lr_override_and_other_problem(tmp_path, capsys):
+    code = cli.main(
+        [
+            "compare",
+            "--problem",
+            "quadratic",
+            "--optimizers",
+            "adam",
+            "--lr",
+            "0.05",
+            "--steps",
+            "20",
+            "--tol",
+            "1e-3",
+            "--out",
+            str(tmp_path),
+        ]
+    )
+    assert code == 0
+    row = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("adam"))
+    assert row.split()[1] == "0.05"
+    assert (tmp_path / "compare_quadratic_paths.png").exists()
+
+
+def test_path_matches_fit():
+    import jax.numpy as jnp
+    import numpy as np
+
+    import jaxdescent as jd
+
+    opt = jd.optim.sgd(0.1)
+    path = cli._path(lambda x: jnp.sum(x**2), jnp.array([1.0, -2.0]), opt, 3)
+    np.testing.assert_allclose(
+        path, [[1.0, -2.0], [0.8, -1.6], [0.64, -1.28], [0.512, -1.024]], rtol=1e-6
+    )
+    res = jd.fit(lambda x: jnp.sum(x**2), jnp.array([1.0, -2.0]), opt, steps=3)
+    np.testing.assert_allclose(path[-1], res.params, rtol=1e-6)
+
+
+def test_default_learning_rates_cover_every_problem_and_rule():
+    import jaxdescent as jd
+
+    for problem in jd.problems.CATALOGUE:
+        for name in cli.OPTIMIZER_NAMES:
+            lr = cli.default_learning_rate(problem, name)
+            assert (lr is None) == (name in cli.SECOND_ORDER)
+    assert set(cli._optimizers()) == set(cli.OPTIMIZER_NAMES)
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["compare", "--problem", "nope"], "choose from quadratic, rosenbrock"),
+        (["compare", "--optimizers", "sgd,lbfgs"], "choose from sgd, momentum"),
+        (["compare", "--optimizers", "sgd,sgd"], "listed twice"),
+        (["compare", "--start", "1,x"], "two numbers"),
+        (["compare", "--start", "1,2,3"], "two numbers"),
+        (["compare", "--lr", "-0.1"], "positive number"),
+        (["compare", "--tol", "nan"], "positive number"),
+        (["demo", "--restarts", "0"], "positive integer"),
+        (["demo", "--steps", "ten"], "positive integer"),
+        (["demo", "--hidden", "8,,"], "layer widths"),
+        (["demo", "--seed", "-1"], "integer >= 0"),
+        (["demo", "--bogus"], "unrecognized arguments"),
+        (["frobnicate"], "choose from 'demo', 'compare', 'bench'"),
+    ],
+)
+def test_bad_arguments_exit_2_with_one_line(argv, message, capsys):
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert message in err
+    assert err.count("\n") == 1 and err.startswith("jaxdescent")
+    assert "Traceback" not in err
+
+
+@pytest.mark.parametrize("command", [[], ["demo"], ["compare"], ["bench"]])
+def test_help_on_every_command(command, capsys):
+    assert cli.main([*command, "--help"]) == 0
+    assert "usage: jaxdescent" in capsys.readouterr().out
+
+
+def test_no_command_prints_help_and_exits_2(capsys):
+    assert cli.main([]) == 2
+    assert "COMMAND" in capsys.readouterr().err
+
+
+def test_negative_start_is_not_taken_for_an_option():
+    assert cli._join_negative_points(["--start", "-1.2,1", "--lr", "-3"]) == [
+        "--start=-1.2,1",
+        "--lr",
+        "-3",
+    ]
+
+
+def test_bench_passes_options_through(tmp_path, monkeypatch):
+    fake = tmp_path / "benchmarks"
+    fake.mkdir()
+    (fake / "__init__.py").write_text("")
+    (fake / "run.py").write_text(
+        "CALLS = []\n\ndef main(argv=None):\n    CALLS.append(argv)\n    return 0\n"
+    )
+    for name in ("benchmarks", "benchmarks.run"):
+        monkeypatch.delitem(sys.modules, name, raising=False)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setattr(cli, "_find_benchmarks", lambda: tmp_path)
+    assert cli.main(["bench", "--quick", "--cases", "1,2"]) == 0
+    assert sys.modules["benchmarks.run"].CALLS == [["--quick", "--cases", "1,2"]]
+
+
+def test_bench_without_the_suite_says_where_it_lives(monkeypatch, capsys):
+    monkeypatch.setattr(cli, "_find_benchmarks", lambda: None)
+    assert cli.main(["bench"]) == 2
+    err = capsys.readouterr().err
+    assert "benchmarks/" in err and "python -m benchmarks" in err
+
+
+def test_console_script_and_python_m(tmp_path):
+    """One real process each: the installed entry point, and ``python -m jaxdescent``."""
+    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+    script = Path(sys.executable).with_name("jaxdescent")
+    command = [str(script)] if script.exists() else [sys.executable, "-m", "jaxdescent"]
+    done = subprocess.run(
+        [*command, "--version"], capture_output=True, text=True, env=env, timeout=120
+    )
+    assert done.returncode == 0 and "jaxdescent" in done.stdout
+    done = subprocess.run(
+        [sys.executable, "-m", "jaxdescent", "compare", "--problem", "nope"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+        cwd=tmp_path,
+    )
+    assert done.returncode == 2
+    assert done.stderr.count("\n") == 1 and "rosenbrock" in done.stderr
+    assert "Traceback" not in done.stderr

@@ -1,0 +1,347 @@
+"""First-order update rules: optax trajectories, NumPy reference, convergence, dtypes, errors."""
+
+from __future__ import annotations
+
+import itertools
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from conftest import parabola, rosenbrock
+
+import jaxdescent as jd
+from jaxdescent import optim
+
+S = jd.schedules
+
+# --- the same trajectories as optax, 100 steps on an MLP in float64 ---------------------------
+
+rng = np.random.default_rng(0)
+SIZES = (3, 6, 2)
+X_DATA = rng.normal(size=(16, 3))
+Y_DATA = rng.normal(size=(16, 2))
+MLP_PARAMS = [
+    {"w": rng.normal(size=(a, b)) / np.sqrt(a), "b": np.full(b, 0.1)}
+    for a, b in itertools.pairwise(SIZES)
+]
+
+
+def mlp_loss(params):
+    h = jnp.tanh(X_DATA @ params[0]["w"] + params[0]["b"][None])
+    out = h @ params[1]["w"] + params[1]["b"][None]
+    return jnp.mean((out - Y_DATA) ** 2)
+
+
+def trajectory(opt, params, steps=100):
+    """Parameters after each of ``steps`` full-batch updates, as one ``lax.scan``."""
+
+    def step(carry, _):
+        params, state = carry
+        updates, state = opt.update(jax.grad(mlp_loss)(params), state, params)
+        params = optax.apply_updates(params, updates)
+        return (params, state), params
+
+    _, path = jax.lax.scan(step, (params, opt.init(params)), length=steps)
+    return path
+
+
+CYCLIC = S.cyclic(0.01, 0.2, step_size=25, mode="triangular2")
+DECAY = S.warmup(S.exponential_decay(0.03, 0.5, decay_steps=40), 10)
+DECAY_OPTAX = optax.cosine_decay_schedule(0.2, 100)
+
+# name -> (jaxdescent rule, optax counterpart)
+PAIRS = {
+    "sgd": (optim.sgd(0.1), optax.sgd(0.1)),
+    "sgd-schedule": (optim.sgd(CYCLIC), optax.sgd(CYCLIC)),
+    "sgd-optax-schedule": (optim.sgd(DECAY_OPTAX), optax.sgd(DECAY_OPTAX)),
+    "classical": (
+        optim.momentum(0.05, beta=0.9, form="classical"),
+        optax.sgd(0.05, momentum=0.9),
+    ),
+    "nesterov-schedule": (
+        optim.momentum(CYCLIC, beta=0.5, form="nesterov"),
+        optax.sgd(CYCLIC, momentum=0.5, nesterov=True),
+    ),
+    "adagrad": (
+        optim.adagrad(0.3, initial_accumulator_value=0.5, eps=1e-5),
+        optax.adagrad(0.3, initial_accumulator_value=0.5, eps=1e-5),
+    ),
+    "rmsprop": (optim.rmsprop(0.01), optax.rmsprop(0.01)),
+    "rmsprop-centered": (
+        optim.rmsprop(0.01, decay=0.8, centered=True),
+        optax.rmsprop(0.01, decay=0.8, centered=True),
+    ),
+    "rmsprop-momentum": (
+        optim.rmsprop(0.005, momentum=0.9, initial_scale=0.1),
+        optax.rmsprop(0.005, momentum=0.9, initial_scale=0.1),
+    ),
+    "rmsprop-centered-nesterov-schedule": (
+        optim.rmsprop(DECAY, centered=True, momentum=0.7, nesterov=True),
+        optax.rmsprop(DECAY, centered=True, momentum=0.7, nesterov=True),
+    ),
+    "adam": (optim.adam(0.01), optax.adam(0.01)),
+    "adam-schedule": (
+        optim.adam(DECAY, b1=0.8, b2=0.99, eps=1e-6, eps_root=1e-10),
+        optax.adam(DECAY, b1=0.8, b2=0.99, eps=1e-6, eps_root=1e-10),
+    ),
+    "adamw": (optim.adamw(0.01, weight_decay=0.1), optax.adamw(0.01, weight_decay=0.1)),
+    "adamw-schedule": (
+        optim.adamw(CYCLIC, weight_decay=0.05),
+        optax.adamw(CYCLIC, weight_decay=0.05),
+    ),
+    # drop-in use inside optax
+    "inject_hyperparams-adam": (
+        optax.inject_hyperparams(optim.adam)(learning_rate=0.01),
+        optax.adam(0.01),
+    ),
+    "chain-clip-adam": (
+        optax.chain(optax.clip_by_global_norm(0.05), optim.adam(0.01)),
+        optax.chain(optax.clip_by_global_norm(0.05), optax.adam(0.01)),
+    ),
+}
+
+
+def test_same_trajectories_as_optax(x64):
+    """Every pair from one compiled program (one compile rather than one per pair, and a
+    single test, so that pytest-xdist workers do not each compile it); failures are
+    collected so that one report names every pair that differs."""
+    params = jax.tree.map(jnp.asarray, MLP_PARAMS)
+
+    @jax.jit
+    def all_paths(params):
+        return {
+            name: (trajectory(ours, params), trajectory(ref, params))
+            for name, (ours, ref) in PAIRS.items()
+        }
+
+    failures = []
+    for name, (ours, ref) in jax.tree.map(np.asarray, all_paths(params)).items():
+        try:
+            for leaf in jax.tree.leaves(ours):
+                assert leaf.dtype == np.float64 and leaf.shape[0] == 100
+            chex.assert_trees_all_close(ours, ref, rtol=1e-10, atol=1e-13)
+            # the comparison is not vacuous: the parameters moved
+            assert np.max(np.abs(ours[0]["w"][-1] - MLP_PARAMS[0]["w"])) > 1e-2
+        except AssertionError as error:
+            failures.append(f"{name}: {error}")
+    assert not failures, "\n\n".join(failures)
+
+
+# --- the 'ema' momentum form against NumPy ----------------------------------------------------
+
+
+@pytest.mark.parametrize("schedule", [False, True])
+def test_ema_momentum_matches_numpy(x64, schedule):
+    beta, steps = 0.8, 30
+    lr = S.cosine_decay(0.3, steps) if schedule else 0.3
+    grads = {"a": rng.normal(size=(steps, 4)), "b": rng.normal(size=(steps, 2, 3))}
+    opt = optim.momentum(lr, beta=beta, form="ema")
+
+    @jax.jit
+    def run(grads):
+        state = opt.init(jax.tree.map(lambda g: g[0], grads))
+
+        def step(state, g):
+            updates, state = opt.update(g, state)
+            return state, updates
+
+        return jax.lax.scan(step, state, grads)[1]
+
+    got = run(grads)
+    for key, g in grads.items():
+        v = np.zeros_like(g[0])
+        for t in range(steps):
+            alpha = 0.3 * 0.5 * (1 + np.cos(np.pi * t / steps)) if schedule else 0.3
+            v = beta * v + (1 - beta) * g[t]
+            np.testing.assert_allclose(got[key][t], -alpha * v, rtol=1e-12, atol=1e-15)
+
+
+def test_momentum_forms_on_a_constant_gradient():
+    """After 3 steps of a constant g: EMA v = (1 - b^3) g; classical v = (1 + b + b^2) g."""
+    g = jnp.array([1.0, -2.0])
+    want = {"ema": 1 - 0.9**3, "classical": 1 + 0.9 + 0.81, "nesterov": 1 + 0.9 * 2.71}
+    for form, ratio in want.items():
+        opt = optim.momentum(1.0, beta=0.9, form=form)
+        state = opt.init(g)
+        for _ in range(3):
+            updates, state = opt.update(g, state)
+        np.testing.assert_allclose(-np.asarray(updates) / np.asarray(g), ratio, rtol=1e-6)
+
+
+# --- convergence in a compiled loop -----------------------------------------------------------
+
+STEPS = 10_000
+RULES = {
+    "sgd": optim.sgd(2e-3),
+    "momentum-ema": optim.momentum(1e-2, beta=0.9),
+    "momentum-classical": optim.momentum(1e-3, beta=0.9, form="classical"),
+    "momentum-nesterov": optim.momentum(1e-3, beta=0.9, form="nesterov"),
+    "adagrad": optim.adagrad(0.5),
+    "rmsprop": optim.rmsprop(S.cosine_decay(1e-2, STEPS)),
+    "rmsprop-centered-momentum": optim.rmsprop(
+        S.cosine_decay(1e-3, STEPS), centered=True, momentum=0.9
+    ),
+    "adam": optim.adam(S.cosine_decay(5e-2, STEPS)),
+    "adamw": optim.adamw(S.cosine_decay(5e-2, STEPS)),
+}
+
+
+def _minimise(opt, f, x0, steps=STEPS):
+    def body(_, carry):
+        x, state = carry
+        updates, state = opt.update(jax.grad(f)(x), state, x)
+        return optax.apply_updates(x, updates), state
+
+    return jax.lax.fori_loop(0, steps, body, (x0, opt.init(x0)))[0]
+
+
+def test_every_rule_converges_on_parabola_and_rosenbrock():
+    """Every rule on both problems, all in one compiled program; failures are collected."""
+    bowl = [{"w": jnp.asarray(MLP_PARAMS[0]["w"], jnp.float32), "b": jnp.ones(6)}, jnp.ones(())]
+    banana = jnp.array([-1.2, 1.0])
+
+    @jax.jit
+    def run():
+        return {
+            name: (_minimise(opt, parabola, bowl), _minimise(opt, rosenbrock, banana))
+            for name, opt in RULES.items()
+        }
+
+    failures = []
+    for name, (bowl_min, banana_min) in jax.tree.map(np.asarray, run()).items():
+        largest = max(np.max(np.abs(leaf)) for leaf in jax.tree.leaves(bowl_min))
+        if not (largest < 1e-3 and np.max(np.abs(banana_min - 1.0)) < 1e-3):
+            failures.append(f"{name}: parabola max |x| {largest:.2e}, Rosenbrock {banana_min}")
+    assert not failures, "\n".join(failures)
+
+
+def test_fit_runs_a_rule():
+    """The library's own compiled loop drives a rule to the Rosenbrock minimum."""
+    res = jd.fit(rosenbrock, jnp.array([-1.2, 1.0]), RULES["adam"], steps=STEPS)
+    np.testing.assert_allclose(res.params, [1.0, 1.0], atol=1e-3)
+
+
+# --- compiled once; dtypes preserved ----------------------------------------------------------
+
+# Some hyperparameters are NumPy float64 scalars (as from np.linspace in a sweep): under x64
+# they must not promote float32 state to float64.
+f64 = np.float64
+DTYPE_RULES = {
+    "sgd": lambda: optim.sgd(f64(0.1)),
+    "momentum": lambda: optim.momentum(S.cosine_decay(0.1, 10), beta=f64(0.9), form="nesterov"),
+    "momentum-ema": lambda: optim.momentum(0.1, beta=f64(0.5)),
+    "adagrad": lambda: optim.adagrad(0.1, initial_accumulator_value=f64(0.1), eps=f64(1e-7)),
+    "rmsprop": lambda: optim.rmsprop(
+        S.warmup(0.1, 5), decay=f64(0.9), eps=f64(1e-8), centered=True, momentum=f64(0.5)
+    ),
+    "adam": lambda: optim.adam(S.cyclic(0.01, 0.1, 4), b1=f64(0.9), b2=f64(0.99), eps=f64(1e-8)),
+    "adamw": lambda: optim.adamw(0.1, eps_root=f64(1e-12), weight_decay=f64(0.1)),
+}
+
+
+def _float32_step_twice(make_opt):
+    chex.clear_trace_counter()
+    opt = make_opt()
+    params = {"w": jnp.ones((2, 3), jnp.float32), "b": jnp.zeros(3, jnp.float32)}
+
+    @jax.jit
+    @chex.assert_max_traces(n=1)
+    def step(params, state):
+        updates, state = opt.update(jax.grad(parabola)(params), state, params)
+        return optax.apply_updates(params, updates), updates, state
+
+    state = opt.init(params)
+    for _ in range(2):  # the second call must reuse the first compilation
+        params, updates, state = step(params, state)
+        # (optax.inject_hyperparams keeps its hyperparameters in their own dtype)
+        for tree in (params, updates, getattr(state, "inner_state", state)):
+            for leaf in jax.tree.leaves(tree):
+                if jnp.issubdtype(leaf.dtype, jnp.floating):
+                    assert leaf.dtype == jnp.float32, (tree, leaf.dtype)
+    assert all(np.all(np.isfinite(leaf)) for leaf in jax.tree.leaves(params))
+    assert float(parabola(params)) < 6.0  # it moved downhill
+
+
+@pytest.mark.parametrize("name", list(DTYPE_RULES))
+def test_no_retrace_and_float32_kept(name):
+    _float32_step_twice(DTYPE_RULES[name])
+
+
+@pytest.mark.parametrize("name", [*DTYPE_RULES, "inject_hyperparams-float64"])
+def test_float32_kept_under_x64(x64, name):
+    if name == "inject_hyperparams-float64":
+        _float32_step_twice(
+            lambda: optax.inject_hyperparams(optim.rmsprop, hyperparam_dtype=jnp.float64)(
+                learning_rate=0.1, decay=0.9, momentum=0.5
+            )
+        )
+    else:
+        _float32_step_twice(DTYPE_RULES[name])
+
+
+def test_state_types_and_count():
+    params = {"w": jnp.ones(3)}
+    assert isinstance(optim.sgd(0.1).init(params), optim.SgdState)
+    assert isinstance(optim.momentum(0.1).init(params), optim.MomentumState)
+    assert isinstance(optim.adagrad(0.1).init(params), optim.AdagradState)
+    assert isinstance(optim.rmsprop(0.1).init(params), optim.RmspropState)
+    assert isinstance(optim.adam(0.1).init(params), optim.AdamState)
+    assert isinstance(optim.adamw(0.1).init(params), optim.AdamState)
+    opt = optim.adam(0.1)
+    state = opt.init(params)
+    assert state.count.dtype == jnp.int32 and int(state.count) == 0
+    _, state = opt.update(params, state, params)
+    assert int(state.count) == 1
+    for rule in (optim.sgd, optim.adam):
+        assert isinstance(rule(0.1), optax.GradientTransformationExtraArgs)
+    # extra arguments (fit passes value_fn=...) are accepted and ignored
+    updates, _ = optim.sgd(0.5).update(params, optim.sgd(0.5).init(params), value_fn=parabola)
+    np.testing.assert_allclose(updates["w"], -0.5)
+    with pytest.raises(ValueError, match="params"):
+        optim.adamw(0.1).update(params, optim.adamw(0.1).init(params))
+
+
+# --- hyperparameters checked at construction --------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("build", "name"),
+    [
+        (lambda: optim.sgd(-0.1), "learning_rate"),
+        (lambda: optim.momentum(-1e-3), "learning_rate"),
+        (lambda: optim.adagrad(-1.0), "learning_rate"),
+        (lambda: optim.rmsprop(-0.1), "learning_rate"),
+        (lambda: optim.adam(-0.1), "learning_rate"),
+        (lambda: optim.adamw(-0.1), "learning_rate"),
+        (lambda: optim.sgd(float("nan")), "learning_rate"),
+        (lambda: optim.momentum(0.1, beta=1.0), "beta"),
+        (lambda: optim.momentum(0.1, beta=-0.1), "beta"),
+        (lambda: optim.momentum(0.1, form="heavy"), "form"),
+        (lambda: optim.rmsprop(0.1, decay=1.0), "decay"),
+        (lambda: optim.rmsprop(0.1, momentum=1.5), "momentum"),
+        (lambda: optim.adam(0.1, b1=1.0), "b1"),
+        (lambda: optim.adam(0.1, b2=-0.5), "b2"),
+        (lambda: optim.adamw(0.1, b1=2.0), "b1"),
+        (lambda: optim.adagrad(0.1, eps=0.0), "eps"),
+        (lambda: optim.rmsprop(0.1, eps=-1e-8), "eps"),
+        (lambda: optim.adam(0.1, eps=0.0), "eps"),
+        (lambda: optim.adamw(0.1, eps=-1.0), "eps"),
+        (lambda: optim.adagrad(0.1, initial_accumulator_value=-1.0), "initial_accumulator_value"),
+        (lambda: optim.adamw(0.1, weight_decay=-0.1), "weight_decay"),
+        (lambda: optim.adam(0.1, eps_root=-1.0), "eps_root"),
+    ],
+)
+def test_bad_hyperparameters_raise_value_error(build, name):
+    with pytest.raises(ValueError, match=name):
+        build()
+
+
+def test_non_numeric_learning_rate_is_a_type_error():
+    with pytest.raises(TypeError, match="learning_rate"):
+        optim.sgd("0.1")
+    # zero is allowed (a frozen run), as is a schedule
+    optim.sgd(0.0)
+    optim.adam(S.constant(0.1))

@@ -1,0 +1,287 @@
+"""Second-order rules and the backtracking line search (jaxdescent.optim)."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import jaxdescent as jd
+from jaxdescent.optim.line_search import armijo_step
+
+A = np.array([[4.0, 1.0, 0.5], [1.0, 3.0, 0.2], [0.5, 0.2, 2.0]])
+B = np.array([1.0, -2.0, 0.5])
+QUADRATIC = jd.problems.make_quadratic(A, B)
+
+
+def _steepest_descent():
+    return optax.chain(jd.optim.sgd(1.0), jd.optim.backtracking_line_search())
+
+
+def _all_rules():
+    return {
+        "newton": jd.optim.newton(),
+        "newton_textbook": jd.optim.newton(damping=0.0, line_search=False),
+        "newton_levenberg": jd.optim.newton(damping=1e-3, line_search=False),
+        "saddle_free_newton": jd.optim.saddle_free_newton(),
+        "newton_cg": jd.optim.newton_cg(),
+        "steepest_descent": _steepest_descent(),
+    }
+
+
+def _status(res) -> str:
+    return jd.Status(int(res.status)).name
+
+
+# --- Newton: quadratics and logistic regression ----------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "opt",
+    [
+        jd.optim.newton(),
+        jd.optim.newton(damping=0.0, line_search=False),
+        jd.optim.newton_cg(max_cg_steps=3, cg_tol=1e-6),
+    ],
+    ids=["newton", "textbook", "newton_cg"],
+)
+def test_newton_solves_a_quadratic_in_one_step(opt):
+    res = jd.fit(QUADRATIC, jnp.array([5.0, -3.0, 2.0]), opt, steps=10, tol=1e-4)
+    assert _status(res) == "CONVERGED"
+    assert int(res.steps_taken) == 1
+    np.testing.assert_allclose(res.params, np.linalg.solve(A, B), atol=1e-5)
+
+
+def test_newton_logistic_regression_matches_sklearn(x64):
+    from sklearn.linear_model import LogisticRegression
+
+    rng = np.random.default_rng(0)
+    n, d = 300, 4
+    x = rng.normal(size=(n, d))
+    w_true = np.array([1.5, -2.0, 0.5, 0.0])
+    y = (rng.random(n) < 1.0 / (1.0 + np.exp(-(x @ w_true + 0.3)))).astype(np.float64)
+    # C = inf is no penalty (penalty=None, deprecated in scikit-learn 1.8).
+    ref = LogisticRegression(C=np.inf, solver="newton-cholesky", tol=1e-12, max_iter=100)
+    ref.fit(x, y)
+
+    model = jd.models.logistic_regression(d, dtype=jnp.float64)
+    loss = jd.losses.nll(model.apply, jd.likelihoods.Bernoulli())
+    params = jax.tree.map(jnp.zeros_like, model.init(jax.random.key(0)))
+    res = jd.fit(loss, params, jd.optim.newton(), data=(x, y), steps=30, tol=1e-12)
+    assert _status(res) == "CONVERGED"
+    assert int(res.steps_taken) < 12  # quadratic convergence: a handful of steps
+    np.testing.assert_allclose(res.params["w"][:, 0], ref.coef_[0], rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(res.params["b"], ref.intercept_, rtol=1e-6, atol=1e-6)
+
+    # newton_cg with exact CG solves agrees with newton on this small problem
+    cg = jd.optim.newton_cg(max_cg_steps=d + 1, cg_tol=1e-12)
+    res_cg = jd.fit(loss, params, cg, data=(x, y), steps=30, tol=1e-12)
+    assert int(res_cg.steps_taken) == int(res.steps_taken)
+    for a, b in zip(jax.tree.leaves(res_cg.params), jax.tree.leaves(res.params)):
+        np.testing.assert_allclose(a, b, atol=1e-10)
+
+
+# --- Rosenbrock: Newton against steepest descent (Nocedal and Wright, Exercise 3.1) --------
+
+
+def test_rosenbrock_newton_in_about_21_iterations_steepest_descent_in_thousands(x64):
+    x0 = jnp.array([-1.2, 1.0])
+    res = jd.fit(
+        jd.problems.rosenbrock, x0, jd.optim.newton(line_search=True), steps=100, tol=1e-8
+    )
+    assert _status(res) == "CONVERGED"
+    assert 15 <= int(res.steps_taken) <= 30  # Nocedal and Wright report 21
+    np.testing.assert_allclose(res.params, [1.0, 1.0], atol=1e-8)
+    losses = np.asarray(res.losses[: int(res.steps_taken) + 1])
+    assert np.all(np.diff(losses) <= 1e-12)  # the line search only ever goes downhill
+
+    sd = jd.fit(jd.problems.rosenbrock, x0, _steepest_descent(), steps=1000, tol=1e-8)
+    assert _status(sd) == "MAX_STEPS"
+    assert float(sd.grad_norms[-1]) > 1e-4  # far from 1e-8 after 1000 steps
+    assert np.all(np.isfinite(np.asarray(sd.losses)))
+
+
+# --- saddle points ---------------------------------------------------------------------------
+
+
+def test_plain_newton_converges_to_the_saddle_saddle_free_newton_escapes():
+    f = jd.problems.saddle  # x^2 - y^2
+    x0 = jnp.array([0.3, 1e-3])
+    plain = jd.fit(f, x0, jd.optim.newton(damping=0.0, line_search=False), steps=20, tol=1e-6)
+    assert _status(plain) == "CONVERGED"
+    np.testing.assert_allclose(plain.params, [0.0, 0.0], atol=1e-6)
+    assert jd.diagnostics.classify_critical_point(f, plain.params).kind == "saddle"
+
+    free = jd.fit(f, x0, jd.optim.saddle_free_newton(), steps=12, tol=1e-6)
+    assert _status(free) == "MAX_STEPS"
+    assert float(free.final_loss) < -1.0 < float(f(x0))  # downhill, past the saddle value 0
+    assert abs(float(free.params[1])) > 1.0
+    assert abs(float(free.params[0])) < 1e-6  # the positive-curvature coordinate is solved
+
+
+# --- robustness ------------------------------------------------------------------------------
+
+SINGULAR_OR_INDEFINITE = (
+    (jd.problems.monkey_saddle, [0.0, 0.0]),  # H = 0, g = 0
+    (lambda x: (x[0] + x[1]) ** 2, [1.0, 2.0]),  # H singular, g != 0
+    (lambda x: x[0] - 2.0 * x[1], [1.0, 1.0]),  # H = 0, g != 0
+    (lambda x: jnp.sum(x**4), [0.0, 1e-3]),  # H singular near 0
+    (jd.problems.saddle, [0.5, 0.5]),  # indefinite
+    (jd.problems.himmelblau, [-0.27, -0.92]),  # negative definite
+)
+
+
+@pytest.mark.parametrize("name", sorted(_all_rules()))
+def test_rules_stay_finite_on_singular_and_indefinite_hessians(name):
+    """Each rule on every problem at once (vmap over a switch), with pytree float32 params."""
+    opt = _all_rules()[name]
+    fns = [f for f, _ in SINGULAR_OR_INDEFINITE]
+    starts = jnp.asarray([x for _, x in SINGULAR_OR_INDEFINITE], jnp.float32)
+
+    def step(which, x):
+        def value_fn(p):
+            return jax.lax.switch(which, fns, jnp.concatenate([p["a"], p["b"]]))
+
+        params = {"a": x[:1], "b": x[1:]}
+        updates, state = opt.update(
+            jax.grad(value_fn)(params), opt.init(params), params, value_fn=value_fn
+        )
+        return value_fn(params), value_fn(jax.tree.map(jnp.add, params, updates)), updates, state
+
+    before, after, updates, state = jax.jit(jax.vmap(step))(jnp.arange(len(fns)), starts)
+    for leaf in jax.tree.leaves((after, updates, state)):
+        assert np.all(np.isfinite(np.asarray(leaf))), (name, leaf)
+    assert all(u.dtype == jnp.float32 for u in jax.tree.leaves(updates))
+    assert jax.tree.structure(updates) == jax.tree.structure({"a": 0, "b": 0})
+    if name not in ("newton_textbook", "newton_levenberg"):
+        assert np.all(np.asarray(after) <= np.asarray(before)), (name, before, after)
+    if name == "newton":  # at the saddle, mu was raised past -lambda_min = 2 to make H + mu I PD
+        assert float(state.damping[4]) > 2.0
+
+
+def test_hyperparameters_are_checked():
+    cases = [
+        (lambda: jd.optim.newton(damping=-1.0), "damping"),
+        (lambda: jd.optim.newton(damping_factor=1.0), "damping_factor"),
+        (lambda: jd.optim.newton(max_damping_steps=0), "max_damping_steps"),
+        (lambda: jd.optim.newton(shrink=1.0), "shrink"),
+        (lambda: jd.optim.newton(c1=0.0), "c1"),
+        (lambda: jd.optim.saddle_free_newton(damping=0.0), "damping"),
+        (lambda: jd.optim.newton_cg(max_cg_steps=0), "max_cg_steps"),
+        (lambda: jd.optim.newton_cg(cg_tol=0.0), "cg_tol"),
+        (lambda: jd.optim.newton_cg(damping=-0.1), "damping"),
+        (lambda: jd.optim.backtracking_line_search(initial_step=0.0), "initial_step"),
+        (lambda: jd.optim.backtracking_line_search(shrink=0.0), "shrink"),
+        (lambda: jd.optim.backtracking_line_search(c1=1.0), "c1"),
+        (lambda: jd.optim.backtracking_line_search(max_steps=0), "max_steps"),
+    ]
+    for make, name in cases:
+        with pytest.raises(ValueError, match=name):
+            make()
+    with pytest.raises(TypeError, match="line_search"):
+        jd.optim.newton(line_search="yes")
+
+
+def test_value_fn_is_required():
+    x = jnp.ones(2)
+    for opt in _all_rules().values():
+        with pytest.raises(ValueError, match="value_fn"):
+            opt.update(x, opt.init(x), x)
+
+
+# --- under vmap: multistart --------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["newton", "newton_cg"])
+def test_rules_run_under_multistart(name):
+    """Restarts on the six-hump camel in float32, to a tolerance near float32's resolution."""
+    opt = _all_rules()[name]
+    f = jd.problems.six_hump_camel
+    (xmin, xmax), (ymin, ymax) = jd.problems.CATALOGUE["six_hump_camel"].domain
+    low, high = jnp.array([xmin, ymin]), jnp.array([xmax, ymax])
+
+    def init(key):
+        return jax.random.uniform(key, (2,), jnp.float32, low, high)
+
+    many = jd.multistart(init, f, opt, key=jax.random.key(0), restarts=4, steps=40, tol=1e-4)
+    assert np.all(np.asarray(many.status) == int(jd.Status.CONVERGED)), many.status
+    assert np.all(np.asarray(many.steps_taken) < 20)
+    for i in range(4):  # a descent method with line search ends at minima, not saddles
+        point = many.params[i]
+        assert jd.diagnostics.classify_critical_point(f, point, tol=1e-3) == "minimum", point
+    if name == "newton":  # restart 0 equals a fit from its own start
+        one = jd.fit(f, init(many.init_keys[0]), opt, steps=40, tol=1e-4)
+        np.testing.assert_allclose(one.params, many.params[0], rtol=1e-5, atol=1e-5)
+        # from the catalogue start the last steps promise less decrease than float32 resolves
+        start = jnp.asarray(jd.problems.CATALOGUE["six_hump_camel"].start, jnp.float32)
+        res = jd.fit(f, start, opt, steps=40, tol=1e-4)
+        assert _status(res) == "CONVERGED" and int(res.steps_taken) < 10
+
+
+# --- newton_cg at scale ----------------------------------------------------------------------
+
+
+def test_newton_cg_runs_on_a_million_parameters():
+    n = 500_000
+    scales = jnp.tile(jnp.array([1.0, 2.0, 4.0], jnp.float32), n // 3 + 1)[:n]
+
+    def loss(p):  # separable quadratic, three distinct curvatures: CG is exact in 3 steps
+        return 0.5 * jnp.sum(scales * (p["u"] - 1.0) ** 2) + 0.5 * jnp.sum((p["v"] + 1.0) ** 2)
+
+    params = {"u": jnp.zeros(n, jnp.float32), "v": jnp.zeros(n, jnp.float32)}
+    opt = jd.optim.newton_cg(max_cg_steps=5, cg_tol=1e-6)
+    res = jd.fit(loss, params, opt, steps=3, tol=1e-2)
+    assert _status(res) == "CONVERGED"
+    assert int(res.steps_taken) == 1
+    assert float(res.final_loss) < 1e-6
+    assert int(res.opt_state.cg_steps) <= 4
+
+
+# --- backtracking line search --------------------------------------------------------------
+
+
+def test_line_search_takes_the_first_armijo_step():
+    f = QUADRATIC
+    x = jnp.array([5.0, -3.0, 2.0])
+    g = jax.grad(f)(x)
+    opt = jd.optim.backtracking_line_search(initial_step=1.0, shrink=0.5, c1=0.3)
+    direction = -g
+    updates, state = opt.update(direction, opt.init(x), x, value_fn=f)
+    f0, slope = float(f(x)), float(jnp.vdot(g, direction))
+    t = 1.0
+    while float(f(x + t * direction)) > f0 + 0.3 * t * slope:
+        t *= 0.5
+    assert float(state.step_size) == pytest.approx(t)
+    np.testing.assert_allclose(updates, t * direction, rtol=1e-6)
+
+
+def test_line_search_gives_zero_for_an_ascent_direction_and_runs_under_vmap():
+    f = QUADRATIC
+    x = jnp.array([5.0, -3.0, 2.0])
+    g = jax.grad(f)(x)
+    opt = jd.optim.backtracking_line_search()
+    updates, state = opt.update(g, opt.init(x), x, value_fn=f)  # uphill
+    assert float(jnp.max(jnp.abs(updates))) == 0.0 and float(state.step_size) == 0.0
+
+    xs = jnp.stack([x, -x, 0.1 * x])
+
+    def one(p):
+        u, s = opt.update(-jax.grad(f)(p), opt.init(p), p, value_fn=f)
+        return u, s.step_size
+
+    batched, steps = jax.jit(jax.vmap(one))(xs)
+    for i in range(3):
+        u, s = one(xs[i])
+        np.testing.assert_allclose(batched[i], u, rtol=1e-6)
+        assert float(steps[i]) == pytest.approx(float(s))
+
+
+def test_armijo_step_never_accepts_nan():
+    def f(x):  # NaN for steps that go too far
+        return jnp.where(x[0] > 1.0, jnp.nan, (x[0] - 2.0) ** 2)
+
+    x = jnp.array([0.0])
+    t, found = armijo_step(f, x, jnp.array([4.0]), f(x), jnp.array(-16.0))
+    assert bool(found) and float(t) == 0.25
