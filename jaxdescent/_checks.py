@@ -64,7 +64,11 @@ def check_unit_interval(name: str, value: Any, *, closed_right: bool = False) ->
 
 
 def check_learning_rate(value: Any, name: str = "learning_rate") -> None:
-    """A non-negative float, or a schedule ``count -> value`` (checked at count 0)."""
+    """A non-negative float, or a schedule ``count -> value``.
+
+    A schedule is not evaluated here (it may need tracing); jaxdescent's own schedules check
+    their arguments when they are built.
+    """
     if callable(value):
         return
     check_nonnegative(name, value)

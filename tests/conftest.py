@@ -51,3 +51,17 @@ def regression_data(n=32, d=3, key=0, dtype=jnp.float32):
     w = jax.random.normal(k2, (d,), dtype)
     y = x @ w + 0.1 * jax.random.normal(k3, (n,), dtype)
     return x, y
+
+
+class Counter:
+    """A loss that counts, with a host callback, how often the compiled code evaluates it."""
+
+    def __init__(self, fn):
+        self.fn, self.calls = fn, 0
+
+    def _tick(self):
+        self.calls += 1
+
+    def __call__(self, *args):
+        jax.debug.callback(self._tick)
+        return self.fn(*args)

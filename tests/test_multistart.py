@@ -13,6 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from conftest import Counter
 
 import jaxdescent as jd
 from jaxdescent import Status
@@ -90,18 +91,6 @@ def test_himmelblau_four_minima():
     for point in HIMMELBLAU_MINIMA:
         assert np.min(np.linalg.norm(found - point, axis=1)) < 1e-3, point
     assert set(minima.labels[~ok].tolist()) <= {-1}
-
-
-class Counter:
-    def __init__(self, fn):
-        self.fn, self.calls = fn, 0
-
-    def _tick(self):
-        self.calls += 1
-
-    def __call__(self, *args):
-        jax.debug.callback(self._tick)
-        return self.fn(*args)
 
 
 def test_stops_once_every_restart_has_converged():

@@ -14,6 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from conftest import Counter
 
 import jaxdescent as jd
 from jaxdescent import Status
@@ -89,20 +90,6 @@ def test_chunk_size_does_not_change_results():
     assert int(whole.status) == Status.CONVERGED and 5 < int(whole.steps_taken) < 9
     for chunk_size in (1, 5):
         assert_same_run(jd.fit(mse, P0, ADAM, tol=2.0, chunk_size=chunk_size, **RUN), whole)
-
-
-class Counter:
-    """A loss that counts, with a host callback, how often the compiled code evaluates it."""
-
-    def __init__(self, fn):
-        self.fn, self.calls = fn, 0
-
-    def _tick(self):
-        self.calls += 1
-
-    def __call__(self, *args):
-        jax.debug.callback(self._tick)
-        return self.fn(*args)
 
 
 def test_tol_reports_the_step_and_stops_computing():
