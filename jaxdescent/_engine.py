@@ -18,6 +18,9 @@ import optax
 
 from jaxdescent import data as data_lib
 
+# steps per while-loop iteration in batched mode (amortises the loop's own overhead)
+_UNROLL = 2
+
 
 class Status(enum.IntEnum):
     """How a run ended (``RUNNING`` only while it goes on)."""
@@ -188,9 +191,12 @@ def _chunk(
     dtype = jnp.result_type(*jax.tree.leaves(carry.params))
     lead = carry.status.shape  # () for one run, (runs,) when batched
     # history rows are steps, so each step writes one contiguous row
+    # batched: the loop body runs ``unroll`` steps, each gated on the step count, so up to
+    # ``unroll - 1`` steps past the chunk write (nan) rows past its end: pad, cut at the end
+    unroll = _UNROLL if batched else 1
     history = (
-        jnp.full((chunk_len, *lead), jnp.nan, dtype),
-        jnp.full((chunk_len, *lead), jnp.nan, dtype),
+        jnp.full((chunk_len + unroll - 1, *lead), jnp.nan, dtype),
+        jnp.full((chunk_len + unroll - 1, *lead), jnp.nan, dtype),
     )
     if batched:
         # Inside the loop the run axis is the last one of every carry leaf: XLA on CPU
@@ -212,9 +218,15 @@ def _chunk(
         return (i < chunk_steps) & jnp.any(c.status == Status.RUNNING)
 
     def body(state):
+        for _ in range(unroll):
+            state = sub_step(state)
+        return state
+
+    def sub_step(state):
         c, (losses, norms), i = state
         if batched:
-            active = c.status == Status.RUNNING
+            # past the chunk's end no run is active: the step then changes nothing
+            active = (c.status == Status.RUNNING) & (i < chunk_steps)
             proposal = vpropose(c, data, starts_epoch(i))
             _, _, value, norm, _ = proposal
 
@@ -248,7 +260,7 @@ def _chunk(
     carry, history, _ = jax.lax.while_loop(cond, body, (carry, history, jnp.zeros([], jnp.int32)))
     if batched:
         carry = jax.tree.map(_runs_first, carry)
-    return carry, tuple(jnp.moveaxis(h, 0, -1) for h in history)
+    return carry, tuple(jnp.moveaxis(h[:chunk_len], 0, -1) for h in history)
 
 
 def _runs_last(x):
