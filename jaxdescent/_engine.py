@@ -294,7 +294,7 @@ def _finish(carry, data, *, loss):
 
 
 @functools.lru_cache(maxsize=128)
-def compiled(loss, optimizer, batch_size, chunk_len, batched: bool, donate: bool = False):
+def compiled(loss, optimizer, batch_size, chunk_len, batched: bool):
     """The jitted chunk and finish functions for one configuration (cached: no retrace)."""
     chunk = functools.partial(
         _chunk,
