@@ -12,7 +12,7 @@ import optax
 
 import jaxdescent as jd
 from benchmarks.common import Size, case_record, entry, measure, target
-from jaxdescent import _engine
+from jaxdescent._engine import loop as _engine
 
 # --- case 4: Newton on logistic regression -------------------------------------------------
 

@@ -16,17 +16,13 @@ from jaxdescent import (
     optim,
     plotting,
     problems,
+    results,
     schedules,
 )
-from jaxdescent._engine import Status
-from jaxdescent.multistart import (
-    Minima,
-    MultistartResult,
-    distinct_minima,
-    multistart,
-    restart_keys,
-)
-from jaxdescent.train import FitResult, fit, make_step
+from jaxdescent._engine.cache import clear_cache
+from jaxdescent.multistart import distinct_minima, multistart, restart_keys
+from jaxdescent.results import FitResult, Minima, MultistartResult, Status
+from jaxdescent.train import fit, make_step
 
 __version__ = "0.1.0"
 
@@ -37,6 +33,7 @@ __all__ = [
     "Status",
     "__version__",
     "checkpoint",
+    "clear_cache",
     "data",
     "diagnostics",
     "distinct_minima",
@@ -50,5 +47,6 @@ __all__ = [
     "plotting",
     "problems",
     "restart_keys",
+    "results",
     "schedules",
 ]

@@ -14,7 +14,6 @@ finds the extreme eigenvalues of models far too large for a dense Hessian.
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -24,6 +23,7 @@ import numpy as np
 from jax.flatten_util import ravel_pytree
 
 from jaxdescent._checks import check_callable, check_choice, check_int, check_positive
+from jaxdescent._engine.cache import cached, owner_ref
 
 __all__ = [
     "CriticalPoint",
@@ -61,14 +61,10 @@ def _prepare(loss: Callable, params: Any) -> tuple[Any, int]:
 def _compiled(impl: Callable, loss: Callable, *rest: Any):
     """``impl(loss, *rest)``, compiled once per ``loss`` and input shapes.
 
-    The compiled functions live in a small LRU cache, so a loss closing over a large data set
-    is released once it drops out of it.
+    The programs live in jaxdescent's one cache (:mod:`jaxdescent._engine.cache`), which
+    holds ``loss`` weakly: a loss closing over a large data set is released with it.
     """
-    try:
-        jitted = _jitted(impl, loss)
-    except TypeError:  # an unhashable callable object: run eagerly
-        return impl(loss, *rest)
-    return jitted(*rest)
+    return cached(loss, ("diagnostics", impl), lambda: _jitted(impl, owner_ref(loss)))(*rest)
 
 
 def _hessian_impl(loss, params, args):
@@ -91,10 +87,13 @@ def _lanczos_impl(loss, params, args, k, key):
     return _lanczos(_hvp_flat(f, x), x.size, k, key, x.dtype)
 
 
-@functools.lru_cache(maxsize=32)
-def _jitted(impl: Callable, loss: Callable) -> Callable:
+def _jitted(impl: Callable, loss_ref: Callable) -> Callable:
     static = (2,) if impl is _lanczos_impl else ()  # k sets array shapes
-    return jax.jit(functools.partial(impl, loss), static_argnums=static)
+
+    def run(*rest):
+        return impl(loss_ref(), *rest)
+
+    return jax.jit(run, static_argnums=static)
 
 
 def hessian(loss: Callable, params: Any, *args: Any) -> jax.Array:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable, Mapping
-from typing import Any, NamedTuple
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -18,50 +18,13 @@ import numpy as np
 import optax
 
 from jaxdescent._checks import check_callable, check_int, check_nonnegative
-from jaxdescent._engine import Status, init_carry
-from jaxdescent.train import (
-    _check_optimizer,
-    as_key,
-    check_chunk,
-    check_problem,
-    device_mesh,
-    drive,
-)
+from jaxdescent._engine.cache import cached, owner_ref
+from jaxdescent._engine.checks import as_key, check_optimizer, check_problem, device_mesh
+from jaxdescent._engine.driver import check_chunk, drive
+from jaxdescent._engine.loop import init_carry
+from jaxdescent.results import Minima, MultistartResult
 
 __all__ = ["Minima", "MultistartResult", "distinct_minima", "multistart", "restart_keys"]
-
-
-class MultistartResult(NamedTuple):
-    """The outcome of :func:`multistart`; every array has a leading restart axis.
-
-    Restart ``i`` is the same run as ``fit(loss, init(init_keys[i]), optimizer,
-    key=fit_keys[i], ...)``.
-    """
-
-    params: Any
-    opt_state: Any
-    losses: jax.Array
-    grad_norms: jax.Array
-    steps_taken: jax.Array
-    status: jax.Array
-    final_losses: jax.Array
-    init_keys: jax.Array
-    fit_keys: jax.Array
-
-    @property
-    def best_index(self) -> int:
-        """The restart with the lowest final loss; restarts that ended non-finite never win."""
-        ok = (self.status != Status.NONFINITE) & jnp.isfinite(self.final_losses)
-        return int(jnp.argmin(jnp.where(ok, self.final_losses, jnp.inf)))
-
-    @property
-    def best_params(self) -> Any:
-        i = self.best_index
-        return jax.tree.map(lambda x: x[i], self.params)
-
-    @property
-    def converged(self) -> jax.Array:
-        return self.status == Status.CONVERGED
 
 
 def restart_keys(key: jax.Array, restarts: int) -> tuple[jax.Array, jax.Array]:
@@ -106,7 +69,7 @@ def multistart(
       A :class:`MultistartResult` with ``best_index`` and ``best_params``.
     """
     check_callable("init", init)
-    _check_optimizer(optimizer)
+    check_optimizer(optimizer)
     restarts = check_int("restarts", restarts, minimum=1)
     init_keys, fit_keys = restart_keys(key, restarts)
     try:
@@ -161,26 +124,31 @@ def multistart(
 
 
 def _starter(init, optimizer, n, batch_size):
-    """The jitted start (initial carries of all restarts), cached so calls do not recompile."""
-    try:
-        return _cached_starter(init, optimizer, n, batch_size)
-    except TypeError:  # an unhashable init or optimizer: build it afresh
-        return _make_starter(init, optimizer, n, batch_size)
+    """The start of all restarts: their params (one cached jitted program per ``init``) and
+    initial carries. The optimizer's state is built outside that program, so its
+    hyperparameter values (a learning rate, say) never cause a recompile."""
+    draw = cached(init, ("multistart-init",), lambda: jax.jit(jax.vmap(_deref(owner_ref(init)))))
 
-
-def _make_starter(init, optimizer, n, batch_size):
-    @jax.jit
     def start(init_keys, fit_keys):
-        params = jax.vmap(init)(init_keys)
+        params = draw(init_keys)
         opt_state = jax.vmap(optimizer.init)(params)
-        return jax.vmap(lambda p, s, k: init_carry(p, s, k, n, batch_size))(
-            params, opt_state, fit_keys
-        )
+        return _initial_carries(params, opt_state, fit_keys, n, batch_size)
 
     return start
 
 
-_cached_starter = functools.lru_cache(maxsize=128)(_make_starter)
+def _deref(ref):
+    def init(key):
+        return ref()(key)
+
+    return init
+
+
+@functools.partial(jax.jit, static_argnums=(3, 4))
+def _initial_carries(params, opt_state, fit_keys, n, batch_size):
+    return jax.vmap(lambda p, s, k: init_carry(p, s, k, n, batch_size))(
+        params, opt_state, fit_keys
+    )
 
 
 def _inject(opt_state, hyperparams, restarts):
@@ -207,14 +175,6 @@ def _inject(opt_state, hyperparams, restarts):
             )
         new[name] = values
     return opt_state._replace(hyperparams=new)
-
-
-class Minima(NamedTuple):
-    """Distinct solutions found by a multistart: representatives, labels and counts."""
-
-    params: Any
-    labels: np.ndarray
-    counts: np.ndarray
 
 
 def distinct_minima(params: Any, tol: float, losses: jax.Array | None = None) -> Minima:

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 import jaxdescent as jd
+import jaxdescent._engine.driver
 from jaxdescent.checkpoint import CheckpointError
 
 NAME = "checkpoint.jdc"
@@ -115,7 +116,7 @@ class Interrupt(Exception):
 
 def interrupt_after(monkeypatch, chunks):
     """Make the compiled chunk raise when it is called for chunk number ``chunks + 1``."""
-    real = jd.train.compiled
+    real = jaxdescent._engine.driver.compiled
     calls = []
 
     def compiled(*args, **kwargs):
@@ -129,7 +130,7 @@ def interrupt_after(monkeypatch, chunks):
 
         return counted, finish
 
-    monkeypatch.setattr(jd.train, "compiled", compiled)
+    monkeypatch.setattr("jaxdescent._engine.driver.compiled", compiled)
     return calls
 
 

@@ -220,7 +220,7 @@ def test_bad_input_is_caught_before_compiling(monkeypatch, kwargs, error, fragme
     def refuse(*args, **kw):
         raise AssertionError("compiled before the bad input was caught")
 
-    monkeypatch.setattr(jd.train, "compiled", refuse)
+    monkeypatch.setattr("jaxdescent._engine.driver.compiled", refuse)
     args = {"loss": mse, "params": P0, "optimizer": ADAM, "data": DATA, "steps": 5}
     args.update(kwargs)
     with pytest.raises(error) as excinfo:

@@ -7,7 +7,6 @@ run has ended, and runs that ended earlier are frozen. Python only runs between 
 
 from __future__ import annotations
 
-import enum
 import functools
 from collections.abc import Callable
 from typing import Any, NamedTuple
@@ -17,18 +16,11 @@ import jax.numpy as jnp
 import optax
 
 from jaxdescent import data as data_lib
+from jaxdescent._engine.cache import cached, fingerprint, owner_ref
+from jaxdescent.results import Status
 
 # steps per while-loop iteration in batched mode (amortises the loop's own overhead)
 _UNROLL = 2
-
-
-class Status(enum.IntEnum):
-    """How a run ended (``RUNNING`` only while it goes on)."""
-
-    RUNNING = 0
-    CONVERGED = 1
-    MAX_STEPS = 2
-    NONFINITE = 3
 
 
 class Carry(NamedTuple):
@@ -293,18 +285,36 @@ def _finish(carry, data, *, loss):
     return carry._replace(updates=jnp.maximum(updates, 0)), value
 
 
-@functools.lru_cache(maxsize=128)
 def compiled(loss, optimizer, batch_size, chunk_len, batched: bool):
-    """The jitted chunk and finish functions for one configuration (cached: no retrace)."""
-    chunk = functools.partial(
-        _chunk,
-        loss=loss,
-        optimizer=optimizer,
-        batch_size=batch_size,
-        chunk_len=chunk_len,
-        batched=batched,
+    """The jitted chunk and finish functions for one configuration (cached: no retrace).
+
+    Keyed by the loss (held weakly), the optimizer's ``update`` by fingerprint (code and
+    closed-over values, :func:`jaxdescent._engine.cache.fingerprint`) and the static settings.
+    """
+    key = ("loop", fingerprint(optimizer.update), batch_size, chunk_len, batched)
+    return cached(
+        loss, key, lambda: _build(owner_ref(loss), optimizer, batch_size, chunk_len, batched)
     )
-    finish = functools.partial(_finish, loss=loss)
+
+
+def _build(loss_ref, optimizer, batch_size, chunk_len, batched):
+    def chunk(carry, data, tol, total_steps, chunk_steps):
+        return _chunk(
+            carry,
+            data,
+            tol,
+            total_steps,
+            chunk_steps,
+            loss=loss_ref(),
+            optimizer=optimizer,
+            batch_size=batch_size,
+            chunk_len=chunk_len,
+            batched=batched,
+        )
+
+    def finish(carry, data):
+        return _finish(carry, data, loss=loss_ref())
+
     if batched:
         finish = jax.vmap(finish, in_axes=(0, None))
     return jax.jit(chunk), jax.jit(finish)

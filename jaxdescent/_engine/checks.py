@@ -1,0 +1,126 @@
+"""Checks of a problem before anything is compiled, and small host-side helpers."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxdescent import data as data_lib
+from jaxdescent._checks import check_callable, check_float_tree, check_int, check_nonnegative
+from jaxdescent.likelihoods import Categorical
+
+
+def check_optimizer(optimizer) -> None:
+    if isinstance(optimizer, str):  # a rule's name: say how to build it, or which names exist
+        from jaxdescent import optim
+
+        rules = sorted(n for n in optim.__all__ if n.islower())
+        hint = (
+            f"build it with its factory, e.g. jd.optim.{optimizer}(...)"
+            if optimizer in rules
+            else f"{optimizer!r} is not an update rule in jd.optim, whose rules are "
+            + ", ".join(rules)
+        )
+        raise TypeError(
+            f"optimizer must be an optax GradientTransformation, not a name; got the string "
+            f"{optimizer!r}: {hint}"
+        )
+    if not (
+        callable(getattr(optimizer, "init", None)) and callable(getattr(optimizer, "update", None))
+    ):
+        raise TypeError(
+            "optimizer must be an optax GradientTransformation (with init and update), such as "
+            f"jd.optim.adam(1e-3); got {optimizer!r}"
+        )
+
+
+def as_key(key: Any, name: str = "key") -> jax.Array:
+    """A typed PRNG key from a typed key or a legacy ``uint32[2]`` key."""
+    if key is None:
+        return jax.random.key(0)
+    if isinstance(key, int):
+        raise TypeError(f"{name} must be a PRNG key such as jax.random.key(0); got the int {key}")
+    dtype = getattr(key, "dtype", None)
+    if dtype is not None and jax.dtypes.issubdtype(dtype, jax.dtypes.prng_key):
+        if key.shape != ():
+            raise ValueError(
+                f"{name} must be a single PRNG key; got an array of shape {key.shape}"
+            )
+        return key
+    if dtype is not None and np.dtype(dtype) == np.uint32 and np.shape(key) == (2,):
+        return jax.random.wrap_key_data(key)
+    raise TypeError(f"{name} must be a PRNG key such as jax.random.key(0); got {key!r}")
+
+
+def check_problem(loss, params, data, batch_size, steps, tol, name="params"):
+    """Python-side checks shared by fit and multistart; returns ``n`` (0 without data)."""
+    check_callable("loss", loss)
+    check_float_tree(name, params)
+    steps = check_int("steps", steps, minimum=1)
+    if tol is not None:
+        check_nonnegative("tol", tol)
+    if data is None:
+        if batch_size is not None:
+            raise ValueError(f"batch_size needs data; got batch_size={batch_size} and data=None")
+        n = 0
+        probe = (params,)
+    else:
+        n = data_lib.check_data(data)
+        if batch_size is not None:
+            check_int("batch_size", batch_size, minimum=1)
+            if batch_size > n:
+                raise ValueError(
+                    f"batch_size must be at most the number of examples ({n}); got {batch_size}"
+                )
+        likelihood = getattr(loss, "likelihood", None)
+        if likelihood is not None and isinstance(data, (tuple, list)) and len(data) == 2:
+            if isinstance(likelihood, Categorical) and callable(getattr(loss, "apply", None)):
+                likelihood.check_targets(data[1], _num_classes(loss.apply, params, data[0]))
+            else:
+                likelihood.check_targets(data[1])
+        probe = (
+            params,
+            data if batch_size is None else jax.tree.map(lambda x: x[:batch_size], data),
+        )
+    try:
+        out = jax.eval_shape(loss, *probe)
+    except Exception as err:  # the user's loss failed to trace: say which call
+        call = "loss(params)" if data is None else "loss(params, batch)"
+        raise ValueError(f"calling {call} failed while checking the problem: {err}") from err
+    if not (hasattr(out, "shape") and out.shape == () and jnp.issubdtype(out.dtype, jnp.floating)):
+        got = f"shape {getattr(out, 'shape', None)} and dtype {getattr(out, 'dtype', type(out))}"
+        raise ValueError(f"loss must return a floating-point scalar (shape ()); got {got}")
+    return n
+
+
+def _num_classes(apply, params, x) -> int | None:
+    """The class count a Categorical likelihood sees: the model output's last axis."""
+    try:
+        out = jax.eval_shape(apply, params, x)
+    except Exception:  # a shape error: the loss check below reports it
+        return None
+    return int(out.shape[-1]) if out.ndim else None
+
+
+def device_mesh(axis: str) -> jax.sharding.Mesh:
+    """A one-axis mesh of the local devices, with automatic (GSPMD) sharding propagation.
+
+    ``jax.make_mesh`` defaults to *explicit* axes in recent JAX, under which the batch
+    gathers inside the loop would need their output shardings spelled out.
+    """
+    return jax.sharding.Mesh(np.array(jax.local_devices()), (axis,))
+
+
+def shard_examples(data, n):
+    devices = jax.local_devices()
+    if n % len(devices):
+        raise ValueError(
+            f"shard_data needs the number of examples ({n}) to be a multiple of the number of "
+            f"devices ({len(devices)})"
+        )
+    mesh = device_mesh("examples")
+    spec = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("examples"))
+    return jax.device_put(data, spec)
