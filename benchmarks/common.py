@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import importlib.util
 import os
 import platform
 import statistics
@@ -191,6 +192,25 @@ def target(description: str, ratio: float, threshold: float, *, at_most: bool) -
         "at_most": at_most,
         "met": bool(met),
     }
+
+
+def needs(*modules: str) -> Callable:
+    """Declare the peer libraries (import names, e.g. ``"sklearn"``) a case cannot run
+    without. The runner reports a case whose peer is not installed as skipped, with the
+    reason, instead of failing. A peer that only adds a row to a case is checked inside the
+    case with :func:`missing_peers` (that row is then reported as skipped)."""
+
+    def declare(case: Callable) -> Callable:
+        case.peers = tuple(modules)
+        return case
+
+    return declare
+
+
+def missing_peers(*modules: str) -> str | None:
+    """Why a comparison cannot run, e.g. ``"scipy, sklearn not installed"``; None if it can."""
+    missing = [m for m in modules if importlib.util.find_spec(m) is None]
+    return f"{', '.join(missing)} not installed" if missing else None
 
 
 def dtype_name() -> str:

@@ -22,7 +22,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from benchmarks.common import SIZES, Size, machine_info
+from benchmarks.common import SIZES, Size, machine_info, missing_peers
 
 DEFAULT_JSON = Path("benchmarks") / "results" / "latest.json"
 
@@ -61,15 +61,23 @@ def parse_cases(text: str | None) -> list[int]:
 
 
 def run_cases(numbers: list[int], size: Size, log=print) -> dict:
-    """Run the chosen cases; a case that fails is recorded with its error, not fatal."""
+    """Run the chosen cases; a case that fails is recorded with its error, not fatal, and a
+    case whose peer library is not installed (``common.needs``) is recorded as skipped."""
     import jax
 
     results = []
     for number in numbers:
         log(f"case {number} ...", file=sys.stderr, flush=True)
         t0 = time.perf_counter()
+        function = case_function(number)
+        reason = missing_peers(*getattr(function, "peers", ()))
         try:
-            record = case_function(number)(size)
+            if reason:
+                title = (function.__doc__ or f"case {number}").strip().splitlines()[0]
+                record = {"case": number, "title": title, "skipped": reason, "rows": []}
+                log(f"case {number} skipped: {reason}", file=sys.stderr, flush=True)
+            else:
+                record = function(size)
         except Exception as err:  # report and go on: one broken case should not hide the rest
             record = {"case": number, "title": f"case {number}", "error": repr(err), "rows": []}
         record["wall_s"] = time.perf_counter() - t0
@@ -121,6 +129,8 @@ def case_markdown(record: dict) -> str:
     lines = [f"### Case {record['case']}: {record['title']}", ""]
     if "error" in record:
         return "\n".join([*lines, f"**failed**: `{record['error']}`", ""])
+    if "skipped" in record:
+        return "\n".join([*lines, f"**skipped**: {record['skipped']}", ""])
     rows = record["rows"]
     extra = []
     for row in rows:

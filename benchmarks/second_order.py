@@ -11,7 +11,7 @@ import numpy as np
 import optax
 
 import jaxdescent as jd
-from benchmarks.common import Size, case_record, entry, measure, target
+from benchmarks.common import Size, case_record, entry, measure, needs, target
 from jaxdescent._engine import loop as _engine
 
 # --- case 4: Newton on logistic regression -------------------------------------------------
@@ -52,7 +52,9 @@ def _np_logistic(x: np.ndarray, y: np.ndarray):
     return fun, grad, hess
 
 
+@needs("scipy", "sklearn")
 def case4(size: Size) -> dict:
+    """Newton on logistic regression, against scipy's Newton-CG and scikit-learn."""
     from scipy.optimize import minimize
     from sklearn.linear_model import LogisticRegression
 
@@ -156,12 +158,13 @@ def case5(size: Size) -> dict:
         ),
         ("momentum (lr 1e-3, beta 0.9)", lambda: jd.optim.momentum(1e-3, beta=0.9), budget),
         ("Adam (lr 1e-2)", lambda: jd.optim.adam(1e-2), budget),
-        ("Newton (line search)", lambda: jd.optim.newton(), newton_budget),
+        ("Newton (trust region, the default)", lambda: jd.optim.newton(), newton_budget),
+        ("Newton + line search", lambda: jd.optim.newton(line_search=True), newton_budget),
         ("saddle-free Newton", lambda: jd.optim.saddle_free_newton(), newton_budget),
         ("Newton-CG", lambda: jd.optim.newton_cg(), newton_budget),
     ]
     if size.tiny:  # the smoke test: build every rule, run one of each family
-        methods = [methods[i] for i in (0, 3, 5)]
+        methods = [methods[i] for i in (0, 3, 6)]
     rows = []
     r = size.pick(5, 5, 1)
     with jax.enable_x64(True):
@@ -192,7 +195,7 @@ def case5(size: Size) -> dict:
         rows,
         notes=(
             f"Nocedal and Wright report about 21 iterations for Newton with line search; "
-            f"jd.optim.newton took {newton_iters}. A run that hits its step budget is "
+            f"jd.optim.newton (trust region) took {newton_iters}. A run that hits its step budget is "
             "reported with status MAX_STEPS."
         ),
         params={"tol": tol, "first_order_budget": budget, "newton_budget": newton_budget},

@@ -64,6 +64,7 @@ def check_data(data: Any) -> int:
 
 
 def batches_per_epoch(n: int, batch_size: int) -> int:
+    """Batches in one epoch: ``n // batch_size`` (the remainder sits that epoch out)."""
     return n // batch_size
 
 

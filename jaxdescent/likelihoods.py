@@ -63,17 +63,40 @@ def _align(output: jax.Array, y: jax.Array, width: int) -> tuple[jax.Array, ...]
 class Likelihood:
     """Base class: a conditional distribution of the target given the model output."""
 
+    # whether fisher_vp is elementwise (every likelihood here but Categorical)
+    diagonal_fisher = True
+
     def log_prob(self, output: jax.Array, y: jax.Array) -> jax.Array:
+        """``log p(y | output)`` of every target element (shaped like ``y``; for
+        :class:`Categorical`, like the labels), computed in log space."""
         raise NotImplementedError
 
     def predict(self, output: jax.Array) -> jax.Array:
+        """A point prediction from the model output: the mean (Gaussian, Poisson), the median
+        (Laplace) or the most likely class (Bernoulli, Categorical)."""
         raise NotImplementedError
 
     def output_size(self, target_size: int = 1) -> int:
+        """How many model outputs a target of ``target_size`` elements needs."""
         return target_size
 
     def check_targets(self, y) -> None:
         """Raise ``ValueError`` if concrete targets lie outside the support."""
+
+    def log_prob_kernel(self, output: jax.Array, y: jax.Array) -> jax.Array:
+        """``log_prob`` less the terms that do not depend on ``output`` (``log(2 pi)/2``, a
+        fixed scale's log, ``log y!``): differences of it equal differences of ``log_prob``
+        but keep full precision when the loss is close to such a constant."""
+        return self.log_prob(output, y)
+
+    def fisher_vp(self, output: jax.Array, v: jax.Array, y: jax.Array) -> jax.Array:
+        r"""The Fisher information in output space times ``v``, example by example.
+
+        ``F(output) = E_y[\nabla_o \log p \, \nabla_o \log p^\top]``, the curvature that
+        Gauss-Newton and Fisher scoring use; ``v`` and the result have ``output``'s shape
+        (``y`` only tells the output's layout).
+        """
+        raise NotImplementedError(f"{type(self).__name__} has no Fisher information")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -96,6 +119,19 @@ class _LocationScale(Likelihood):
     def predict(self, output):
         return output[..., : output.shape[-1] // 2] if self.learn_scale else output
 
+    # Fisher information of (location, log-scale) per unit: (1/scale^2, _LOG_SCALE_INFO)
+    _LOG_SCALE_INFO = 2.0
+
+    def fisher_vp(self, output, v, y):
+        if not self.learn_scale:
+            return v / jnp.asarray(self.scale, v.dtype) ** 2
+        _, log_scale = _align(output, y, 2)
+        v_loc, v_scale = _align(v, y, 2)
+        parts = (v_loc * jnp.exp(-2.0 * log_scale), self._LOG_SCALE_INFO * v_scale)
+        if output.shape == (*jnp.shape(y), 2):
+            return jnp.stack(parts, axis=-1)
+        return jnp.concatenate(parts, axis=-1)
+
     def output_size(self, target_size: int = 1) -> int:
         return 2 * target_size if self.learn_scale else target_size
 
@@ -116,6 +152,11 @@ class Gaussian(_LocationScale):
         z = (y - loc) * jnp.exp(-log_scale)
         return -0.5 * z * z - log_scale - _HALF_LOG_2PI
 
+    def log_prob_kernel(self, output, y):
+        loc, log_scale = self._parts(output, y)
+        z = (y - loc) * jnp.exp(-log_scale)
+        return -0.5 * z * z - (log_scale if self.learn_scale else 0.0)
+
 
 @dataclasses.dataclass(frozen=True)
 class Laplace(_LocationScale):
@@ -126,9 +167,16 @@ class Laplace(_LocationScale):
     With a fixed scale the NLL is mean absolute error, whose minimiser is the median.
     """
 
+    _LOG_SCALE_INFO = 1.0
+
     def log_prob(self, output, y):
         loc, log_scale = self._parts(output, y)
         return -jnp.abs(y - loc) * jnp.exp(-log_scale) - log_scale - math.log(2.0)
+
+    def log_prob_kernel(self, output, y):
+        loc, log_scale = self._parts(output, y)
+        kernel = -jnp.abs(y - loc) * jnp.exp(-log_scale)
+        return kernel - log_scale if self.learn_scale else kernel
 
 
 @dataclasses.dataclass(frozen=True)
@@ -152,7 +200,13 @@ class Bernoulli(Likelihood):
         return (output > 0).astype(jnp.int32)
 
     def probs(self, output):
+        """``P(y = 1) = sigmoid(z)`` for each logit."""
         return jax.nn.sigmoid(output)
+
+    def fisher_vp(self, output, v, y):
+        del y
+        p = jax.nn.sigmoid(output)
+        return p * (1.0 - p) * v
 
     def check_targets(self, y) -> None:
         import numpy as np
@@ -196,7 +250,15 @@ class Categorical(Likelihood):
         return jnp.argmax(output, axis=-1)
 
     def probs(self, output):
+        """The class probabilities ``softmax(z)`` along the last axis."""
         return jax.nn.softmax(output, axis=-1)
+
+    diagonal_fisher = False
+
+    def fisher_vp(self, output, v, y):
+        del y
+        p = jax.nn.softmax(output, axis=-1)
+        return p * v - p * jnp.sum(p * v, axis=-1, keepdims=True)
 
     def output_size(self, target_size: int = 1) -> int:
         return target_size
@@ -226,8 +288,16 @@ class Poisson(Likelihood):
         (eta,) = _align(output, y, 1)
         return y * eta - jnp.exp(eta) - gammaln(y + 1.0)
 
+    def log_prob_kernel(self, output, y):
+        (eta,) = _align(output, y, 1)
+        return y * eta - jnp.exp(eta)
+
     def predict(self, output):
         return jnp.exp(output)
+
+    def fisher_vp(self, output, v, y):
+        del y
+        return jnp.exp(output) * v
 
     def check_targets(self, y) -> None:
         import numpy as np

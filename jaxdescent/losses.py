@@ -21,6 +21,7 @@ from jaxdescent._checks import check_callable, check_choice
 from jaxdescent.likelihoods import Bernoulli, Categorical, Likelihood
 
 __all__ = [
+    "NLL",
     "binary_cross_entropy",
     "cross_entropy",
     "kl_divergence",
@@ -34,15 +35,67 @@ __all__ = [
 Loss = Callable[[Any, Any], jax.Array]
 
 
-def nll(apply: Callable[[Any, jax.Array], jax.Array], likelihood: Likelihood) -> Loss:
+class NLL:
+    r"""The mean negative log-likelihood of a batch ``(x, y)``: ``loss(params, batch)``.
+
+    .. math:: L(\theta; x, y) = -\frac{1}{n}\sum_i \log p(y_i \mid \mathrm{apply}(\theta, x_i))
+
+    Built by :func:`nll`. Besides being the loss, it tells update rules what the loss is made
+    of: :attr:`apply` (the model) and :attr:`likelihood`, so a rule can ask for the model's
+    outputs on the current batch and the likelihood's Fisher information in output space
+    (Gauss-Newton, Fisher scoring, Levenberg-Marquardt), and :mod:`jaxdescent.inference`
+    can compute standard errors. Equality and hashing are by identity, like a function's.
+    """
+
+    __slots__ = ("__weakref__", "apply", "likelihood")
+
+    def __init__(self, apply: Callable[[Any, jax.Array], jax.Array], likelihood: Likelihood):
+        self.apply = apply
+        self.likelihood = likelihood
+
+    def __call__(self, params: Any, batch: Any) -> jax.Array:
+        x, y = batch
+        log_p = self.likelihood.log_prob(self.apply(params, x), y)
+        n = log_p.shape[0] if log_p.ndim else 1
+        return -jnp.sum(log_p) / n
+
+    def per_example(self, params: Any, batch: Any) -> jax.Array:
+        """The negative log-likelihood of each example, shape ``(n,)``."""
+        x, y = batch
+        log_p = self.likelihood.log_prob(self.apply(params, x), y)
+        return -log_p.reshape(log_p.shape[0], -1).sum(axis=1) if log_p.ndim else -log_p[None]
+
+    def rule_extras(self, batch: Any) -> dict[str, Any]:
+        """The extra optax arguments curvature rules use, for the batch ``(x, y)``.
+
+        ``model_fn`` (params -> model outputs on this batch), ``likelihood`` and ``targets``:
+        :func:`jaxdescent.fit` passes them to ``update`` next to ``value_fn``; a hand-written
+        loop can pass ``**loss.rule_extras(batch)`` the same way.
+        """
+        x, y = batch
+        apply = self.apply
+        return {
+            "model_fn": lambda params: apply(params, x),
+            "likelihood": self.likelihood,
+            "targets": y,
+        }
+
+    def __repr__(self) -> str:
+        name = getattr(self.apply, "__name__", type(self.apply).__name__)
+        return f"NLL(apply={name}, likelihood={self.likelihood!r})"
+
+
+def nll(apply: Callable[[Any, jax.Array], jax.Array], likelihood: Likelihood) -> NLL:
     r"""The mean negative log-likelihood of a batch ``(x, y)`` under ``likelihood``.
 
-    Returns ``loss(params, batch) -> scalar`` with
+    Returns an :class:`NLL`, called as ``loss(params, batch) -> scalar`` with
 
     .. math:: L(\theta; x, y) = -\frac{1}{n}\sum_i \log p(y_i \mid \mathrm{apply}(\theta, x_i)),
 
     where ``n`` is the batch's leading size and each example's log-probability is summed over
-    its target elements.
+    its target elements. The object also exposes ``apply`` and ``likelihood``, which
+    :func:`jaxdescent.optim.gauss_newton`, :func:`jaxdescent.optim.levenberg_marquardt` and
+    :mod:`jaxdescent.inference` use.
 
     Example:
       >>> import jax, jax.numpy as jnp, jaxdescent as jd
@@ -59,16 +112,7 @@ def nll(apply: Callable[[Any, jax.Array], jax.Array], likelihood: Likelihood) ->
             "likelihood must be a jaxdescent.likelihoods.Likelihood such as Gaussian(); "
             f"got {likelihood!r}"
         )
-
-    def loss(params, batch):
-        x, y = batch
-        log_p = likelihood.log_prob(apply(params, x), y)
-        n = log_p.shape[0] if log_p.ndim else 1
-        return -jnp.sum(log_p) / n
-
-    loss.likelihood = likelihood
-    loss.apply = apply
-    return loss
+    return NLL(apply, likelihood)
 
 
 _REDUCTIONS = ("mean", "sum", "none")

@@ -22,6 +22,7 @@ from jaxdescent._engine.cache import cached, owner_ref
 from jaxdescent._engine.checks import as_key, check_optimizer, check_problem, device_mesh
 from jaxdescent._engine.driver import check_chunk, drive
 from jaxdescent._engine.loop import init_carry
+from jaxdescent.optim._common import check_hyperparam
 from jaxdescent.results import Minima, MultistartResult
 
 __all__ = ["Minima", "MultistartResult", "distinct_minima", "multistart", "restart_keys"]
@@ -151,30 +152,70 @@ def _initial_carries(params, opt_state, fit_keys, n, batch_size):
     )
 
 
+def _with_hyperparams(state, path=()):
+    """``(path, state)`` for every state in ``state`` (chains included) holding a
+    ``hyperparams`` dict: jaxdescent's rules and ``optax.inject_hyperparams``."""
+    if isinstance(getattr(state, "hyperparams", None), dict):
+        return [(path, state)]
+    if isinstance(state, tuple):
+        return [
+            found for i, part in enumerate(state) for found in _with_hyperparams(part, (*path, i))
+        ]
+    return []
+
+
+def _replace_at(state, path, new):
+    if not path:
+        return new
+    parts = list(state)
+    parts[path[0]] = _replace_at(state[path[0]], path[1:], new)
+    return type(state)(*parts) if hasattr(state, "_fields") else type(state)(parts)
+
+
 def _inject(opt_state, hyperparams, restarts):
-    """Replace stacked injected hyperparameters with one value per restart."""
-    found = getattr(opt_state, "hyperparams", None)
-    if not isinstance(found, dict):
+    """Replace a state's (stacked) runtime hyperparameters with one value per restart.
+
+    The values live in the optimizer's state (``state.hyperparams`` of jaxdescent's rules,
+    of ``optax.inject_hyperparams`` and of the second-order rules), so a sweep runs in the
+    one compiled program a single value would.
+    """
+    holders = _with_hyperparams(opt_state)
+    if not holders:
         raise ValueError(
-            "hyperparams needs an optimizer built with optax.inject_hyperparams, e.g. "
-            "optax.inject_hyperparams(jd.optim.adam)(learning_rate=1e-3); this optimizer's "
-            f"state has no hyperparams ({type(opt_state).__name__})"
+            "hyperparams needs an optimizer whose state holds its hyperparameters: "
+            "jaxdescent's rules do (jd.optim.adam(1e-3), jd.optim.newton(), ...), and any "
+            "optax rule wrapped as optax.inject_hyperparams(optax.adam)(learning_rate=1e-3); "
+            f"this optimizer's state ({type(opt_state).__name__}) has none"
         )
-    new = dict(found)
-    for name, values in hyperparams.items():
-        if name not in found:
+    available = sorted({name for _, held in holders for name in held.hyperparams})
+    for name in hyperparams:
+        where = [path for path, held in holders if name in held.hyperparams]
+        if not where:
             raise ValueError(
-                f"hyperparams[{name!r}] is not an injected hyperparameter; "
-                f"the optimizer has {sorted(found)}"
+                f"hyperparams[{name!r}] is not a runtime hyperparameter of this optimizer; it "
+                f"has {available} (a schedule, or an argument fixed at construction, cannot be "
+                "swept)"
             )
-        values = jnp.asarray(values, found[name].dtype)
-        if values.shape != (restarts,):
+        if len(where) > 1:
             raise ValueError(
-                f"hyperparams[{name!r}] must have shape ({restarts},), one value per restart; "
-                f"got {values.shape}"
+                f"hyperparams[{name!r}] is ambiguous: {len(where)} parts of this chained "
+                "optimizer have it"
             )
-        new[name] = values
-    return opt_state._replace(hyperparams=new)
+    for path, held in holders:
+        new = dict(held.hyperparams)
+        for name, values in hyperparams.items():
+            if name not in new:
+                continue
+            check_hyperparam(name, values)
+            values = jnp.asarray(values, new[name].dtype)
+            if values.shape != (restarts,):
+                raise ValueError(
+                    f"hyperparams[{name!r}] must have shape ({restarts},), one value per "
+                    f"restart; got {values.shape}"
+                )
+            new[name] = values
+        opt_state = _replace_at(opt_state, path, held._replace(hyperparams=new))
+    return opt_state
 
 
 def distinct_minima(params: Any, tol: float, losses: jax.Array | None = None) -> Minima:

@@ -12,7 +12,8 @@ figure). matplotlib is imported only when a function here is called; install it 
 - :func:`hessian_spectrum`: the Hessian's eigenvalues, negative ones (descent directions of a
   saddle) in a different colour from positive ones;
 - :func:`decision_boundary`: a 2-D classifier's probability surface and its 0.5 contour over
-  the data.
+  the data;
+- :func:`legend`: a legend placed where it hides no marked point (every function here uses it).
 """
 
 from __future__ import annotations
@@ -22,41 +23,17 @@ from typing import Any
 
 import numpy as np
 
+from jaxdescent import _plotkit as kit
+from jaxdescent._plotkit import legend
+
 __all__ = [
     "contour_paths",
     "decision_boundary",
     "hessian_spectrum",
+    "legend",
     "loss_curves",
     "restart_histogram",
 ]
-
-_INSTALL_HINT = "jaxdescent.plotting needs matplotlib: pip install 'jaxdescent[plot]'"
-
-
-def _pyplot():
-    try:
-        import matplotlib.pyplot as plt
-    except ImportError as err:
-        raise ImportError(_INSTALL_HINT) from err
-    return plt
-
-
-def _axes(ax, figsize):
-    """``(figure, axes)``: a new figure, or the figure that holds ``ax``."""
-    if ax is not None:
-        return ax.figure, ax
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=figsize, layout="constrained")
-    return fig, ax
-
-
-def _named(values: Any, kind: str) -> dict[str, np.ndarray]:
-    """A mapping ``name -> array`` from a mapping, or one unnamed array."""
-    if isinstance(values, Mapping):
-        if not values:
-            raise ValueError(f"{kind} must not be empty")
-        return {str(k): np.asarray(v, dtype=float) for k, v in values.items()}
-    return {"": np.asarray(values, dtype=float)}
 
 
 def loss_curves(
@@ -64,7 +41,9 @@ def loss_curves(
     *,
     ax: Any = None,
     log: bool = True,
+    log_steps: bool | None = None,
     best: bool | int = True,
+    groups: Mapping[str, Any] | None = None,
     smooth: int | None = None,
     max_lines: int = 256,
     title: str | None = None,
@@ -79,112 +58,111 @@ def loss_curves(
         loss drawn bold when ``best``); or a mapping ``name -> (steps,)`` for a legend.
         ``nan`` entries (steps after a run stopped) are left blank.
       ax: axes to draw into (default: a new figure).
-      log: logarithmic loss axis (falls back to linear when a loss is <= 0).
+      log: logarithmic loss axis; when some loss is <= 0, a symmetric-log axis if the
+        largest magnitude is over 1,000 times the median one (a run falling off an unbounded
+        loss), else linear.
+      log_steps: a logarithmic step axis (symmetric-log, linear from step 0 to 1). Default:
+        when named runs stop after step counts that differ tenfold or more, so that a run of
+        20 steps is not squeezed against the axis by one of 2,000.
       best: highlight the best run of a stack: ``True`` for the one with the lowest last
         finite loss, or the index of the run to highlight (e.g.
         ``multistart(...).best_index``, chosen on the whole data rather than a batch).
-      smooth: draw a moving average over this many steps (for noisy mini-batch losses).
-      max_lines: draw at most this many runs of a stack (evenly chosen, plus the best).
+      groups: for a stack, a mapping ``name -> runs`` (a boolean mask over the runs, or their
+        indices), each group drawn in its own colour with a legend entry counting its runs
+        (e.g. ``{"stuck": final_losses > threshold}``); the other runs stay blue.
+      smooth: draw a centred moving average over this many steps (for noisy mini-batch
+        losses); near the ends of a run, a straight line fitted to the steps there, so the
+        curve neither lags nor ramps in from its first value.
+      max_lines: draw at most this many runs of a stack per group (evenly chosen, plus the
+        best).
       title, xlabel, ylabel: labels.
 
     Returns:
       The matplotlib figure.
     """
-    series = _named(losses, "losses")
-    fig, ax = _axes(ax, (6.4, 4.0))
-    positive = True
+    series = kit.named(losses, "losses")
+    if groups is not None and (len(series) != 1 or next(iter(series)) != ""):
+        raise ValueError("groups needs one stack of runs (runs, steps), not a mapping of runs")
+    fig, ax = kit.axes_for(ax, (6.4, 4.0))
+    finite_all, lengths = [], []
     for k, (name, values) in enumerate(series.items()):
         if values.ndim == 0 or values.ndim > 2:
             raise ValueError(
                 f"losses must have shape (steps,) or (runs, steps); got {values.shape}"
             )
         if smooth is not None and smooth > 1:
-            values = _moving_average(values, int(smooth))
-        finite = values[np.isfinite(values)]
-        positive &= bool(finite.size == 0 or finite.min() > 0)
+            values = kit.moving_average(values, int(smooth))
+        finite_all.append(values[np.isfinite(values)])
+        ran = np.flatnonzero(np.any(np.isfinite(values.reshape(-1, values.shape[-1])), axis=0))
+        lengths.append(int(ran[-1]) + 1 if ran.size else 0)
         steps = np.arange(values.shape[-1])
         if values.ndim == 1:
             ax.plot(steps, values, label=name or None, lw=1.5)
             continue
-        runs = values.shape[0]
-        chosen = np.unique(np.linspace(0, runs - 1, min(runs, max_lines)).astype(int))
-        color = f"C{k}"
-        lines = ax.plot(
-            steps, values[chosen].T, lw=0.6, alpha=max(0.08, min(0.6, 8 / runs)), color=color
-        )
-        if name:
-            lines[0].set_label(name)
-        i = None
-        if best is True:
-            last = np.array([_last_finite(v) for v in values])
-            if np.any(np.isfinite(last)):
-                i = int(np.nanargmin(last))
-        elif best is not False and best is not None:
-            i = int(best)
-            if not 0 <= i < runs:
-                raise ValueError(f"best must be a run index in [0, {runs}); got {best}")
-        if i is not None:
-            label = f"{name} best (run {i})" if name else f"best of {runs} (run {i})"
-            ax.plot(steps, values[i], color="black" if not name else color, lw=1.8, label=label)
-    if log and positive:
-        ax.set_yscale("log")
-    ax.set_xlabel(xlabel)
+        _stack(ax, steps, values, name, f"C{k}", best, groups, max_lines)
+    kit.scale_losses(ax, np.concatenate(finite_all), log)
+    if log_steps is None:
+        ran = [n for n in lengths if n > 1]
+        log_steps = len(ran) > 1 and max(ran) >= 10 * min(ran)
+    if log_steps:
+        ax.set_xscale("symlog", linthresh=1.0, linscale=0.3)
+        ax.set_xlim(0, max(max(lengths), 2))
+    ax.set_xlabel(xlabel + (" (log scale)" if log_steps else ""))
     ax.set_ylabel(ylabel)
     if title:
         ax.set_title(title)
-    if ax.get_legend_handles_labels()[1]:
-        ax.legend(frameon=False)
     ax.grid(alpha=0.3)
+    handles, labels = ax.get_legend_handles_labels()
+    legend(ax, [kit.opaque(h) for h in handles], labels, frameon=False)
     return fig
 
 
-def _moving_average(values: np.ndarray, window: int) -> np.ndarray:
-    """Trailing mean over ``window`` steps along the last axis; ``nan`` stays ``nan``."""
-    ok = np.isfinite(values)
-    filled = np.where(ok, values, 0.0)
-    kernel = np.ones(window)
-
-    def run(v):
-        return np.convolve(v, kernel)[: v.shape[-1]]
-
-    sums = np.apply_along_axis(run, -1, filled)
-    counts = np.apply_along_axis(run, -1, ok.astype(float))
-    with np.errstate(invalid="ignore", divide="ignore"):
-        out = sums / counts
-    return np.where(ok, out, np.nan)
+# colours of the groups of a stack of runs (the others are blue, the best black)
+_GROUP_COLOURS = ("tab:red", "tab:orange", "tab:purple", "tab:green", "tab:brown")
 
 
-def _last_finite(values: np.ndarray) -> float:
-    finite = values[np.isfinite(values)]
-    return float(finite[-1]) if finite.size else np.nan
-
-
-def _grid(fn: Callable, xlim, ylim, resolution: int):
-    import jax
-    import jax.numpy as jnp
-
-    xs = np.linspace(*xlim, resolution)
-    ys = np.linspace(*ylim, resolution)
-    xx, yy = np.meshgrid(xs, ys)
-    points = jnp.asarray(np.stack([xx.ravel(), yy.ravel()], axis=1), jnp.float32)
-    values = np.asarray(jax.jit(jax.vmap(fn))(points), dtype=float).reshape(xx.shape)
-    return xx, yy, values
-
-
-def _levels(values: np.ndarray, count: int, log: bool) -> np.ndarray:
-    """Contour levels: evenly spaced, or dense near the minimum (quantiles of log height)."""
-    finite = values[np.isfinite(values)]
-    lo, hi = float(finite.min()), float(finite.max())
-    if hi <= lo:
-        return np.array([lo - 1.0, lo, lo + 1.0])
-    if not log:
-        return np.linspace(lo, hi, count)
-    # Heights above the grid minimum, log-transformed: equal steps in log height make the
-    # floor of a valley (Rosenbrock) as visible as its steep walls.
-    height = np.log10(finite - lo + 1e-6 * (hi - lo))
-    marks = np.linspace(np.quantile(height, 0.002), np.quantile(height, 0.995), count)
-    levels = lo + 10.0**marks - 1e-6 * (hi - lo)
-    return np.unique(levels)
+def _stack(ax, steps, values, name, color, best, groups, max_lines):
+    """Draw a stack of runs ``(runs, steps)``: translucent lines, groups, the best in bold."""
+    runs = values.shape[0]
+    alpha = max(0.08, min(0.6, 8 / runs))
+    members = np.zeros(runs, bool)
+    named = []
+    for g, (label, which) in enumerate((groups or {}).items()):
+        chosen = np.zeros(runs, bool)
+        which = np.asarray(which)
+        if which.dtype == bool:
+            if which.shape != (runs,):
+                raise ValueError(
+                    f"groups[{label!r}] must be a mask of shape ({runs},); got {which.shape}"
+                )
+            chosen |= which
+        else:
+            chosen[which.astype(int).ravel()] = True
+        chosen &= ~members
+        members |= chosen
+        colour = _GROUP_COLOURS[g % len(_GROUP_COLOURS)]
+        named.append((f"{label} ({int(chosen.sum())})", np.flatnonzero(chosen), colour))
+    rest = np.flatnonzero(~members)
+    rest_label = name or (f"other runs ({rest.size})" if groups else None)
+    for label, idx, c in [(rest_label, rest, color), *named]:
+        if idx.size == 0:
+            continue
+        pick = idx[np.unique(np.linspace(0, idx.size - 1, min(idx.size, max_lines)).astype(int))]
+        lines = ax.plot(steps, values[pick].T, lw=0.6, alpha=alpha if c == color else 0.6, color=c)
+        if label:
+            lines[0].set_label(label)
+    i = None
+    if best is True:
+        last = np.array([kit.last_finite(v) for v in values])
+        if np.any(np.isfinite(last)):
+            i = int(np.nanargmin(last))
+    elif best is not False and best is not None:
+        i = int(best)
+        if not 0 <= i < runs:
+            raise ValueError(f"best must be a run index in [0, {runs}); got {best}")
+    if i is not None:
+        label = f"{name} best (run {i})" if name else f"best of {runs} (run {i})"
+        ax.plot(steps, values[i], color="black" if not name else color, lw=1.8, label=label)
 
 
 def contour_paths(
@@ -224,7 +202,7 @@ def contour_paths(
     domain = getattr(fn, "domain", None)
     if critical_points is None:
         critical_points = getattr(fn, "critical_points", ())
-    series = {} if paths is None else _named(paths, "paths")
+    series = {} if paths is None else kit.named(paths, "paths")
     for name, path in series.items():
         if path.ndim != 2 or path.shape[1] != 2:
             raise ValueError(
@@ -245,9 +223,9 @@ def contour_paths(
                 box = ((lo[0] - pad[0], hi[0] + pad[0]), (lo[1] - pad[1], hi[1] + pad[1]))
         xlim = box[0] if xlim is None else xlim
         ylim = box[1] if ylim is None else ylim
-    xx, yy, zz = _grid(fn, xlim, ylim, resolution)
-    fig, ax = _axes(ax, (6.4, 5.0))
-    level_values = _levels(zz, levels, log_levels)
+    xx, yy, zz = kit.grid(fn, xlim, ylim, resolution)
+    fig, ax = kit.axes_for(ax, (6.4, 5.0))
+    level_values = kit.levels(zz, levels, log_levels)
     ax.contourf(xx, yy, zz, levels=level_values, cmap="Greys_r", alpha=0.35, extend="both")
     ax.contour(xx, yy, zz, levels=level_values, colors="0.35", linewidths=0.5)
     markers = {
@@ -258,6 +236,8 @@ def contour_paths(
     }
     shown = set()
     for point, kind in critical_points:
+        if not (xlim[0] <= point[0] <= xlim[1] and ylim[0] <= point[1] <= ylim[1]):
+            continue  # outside the picture: no legend entry for it either
         marker, size = markers.get(kind, ("o", 7))
         ax.plot(
             point[0],
@@ -271,6 +251,7 @@ def contour_paths(
             zorder=4,
         )
         shown.add(kind)
+    starts = []
     for name, path in series.items():
         path = path[np.all(np.isfinite(path), axis=1)]
         if len(path) == 0:
@@ -286,23 +267,35 @@ def contour_paths(
             label=name or None,
             zorder=3,
         )
+        starts.append((path[0], line.get_color()))
+    same = len({tuple(np.round(p, 12)) for p, _ in starts}) == 1
+    for k, (point, color) in enumerate(starts):
         ax.plot(
-            path[0, 0],
-            path[0, 1],
+            point[0],
+            point[1],
             "o",
-            color=line.get_color(),
-            markersize=6,
+            color="white" if same else color,
+            markersize=7,
             markeredgecolor="black",
+            linestyle="none",
+            label="start" if k == 0 and same else None,
             zorder=5,
         )
+    handles, labels = ax.get_legend_handles_labels()
+    if len(starts) > 1 and not same:  # one key for the starts, each in its path's colour
+        from matplotlib.lines import Line2D
+
+        handles.append(
+            Line2D([], [], marker="o", color="white", markeredgecolor="black", linestyle="none")
+        )
+        labels.append("starts")
     ax.set_xlim(xlim)
     ax.set_ylim(ylim)
     ax.set_xlabel("$x_1$")
     ax.set_ylabel("$x_2$")
     if title:
         ax.set_title(title)
-    if ax.get_legend_handles_labels()[1]:
-        ax.legend(loc="best", fontsize="small", framealpha=0.85)
+    legend(ax, handles, labels, fontsize="small", framealpha=0.85)
     return fig
 
 
@@ -311,6 +304,8 @@ def restart_histogram(
     *,
     bins: int = 30,
     log: bool | None = None,
+    threshold: float | None = None,
+    threshold_label: str = "threshold",
     ax: Any = None,
     title: str | None = None,
 ) -> Any:
@@ -324,6 +319,9 @@ def restart_histogram(
       bins: number of bins.
       log: logarithmic loss axis (default: when the losses are positive and span more than
         two decades).
+      threshold: draw this loss as a line, and the restarts above it in red (e.g. the loss
+        above which a restart counts as stuck); the legend counts them.
+      threshold_label: what the threshold means, for the legend.
       ax: axes to draw into (default: a new figure).
 
     Returns:
@@ -331,25 +329,43 @@ def restart_histogram(
     """
     values = np.asarray(final_losses, dtype=float).ravel()
     finite = values[np.isfinite(values)]
-    fig, ax = _axes(ax, (6.4, 4.0))
+    fig, ax = kit.axes_for(ax, (6.4, 4.0))
     if finite.size:
         if log is None:
             log = bool(finite.min() > 0 and finite.max() / finite.min() > 100)
+        lo, hi = finite.min(), finite.max() * (1 + 1e-9) + 1e-12
         if log and finite.min() > 0:
-            edges = np.geomspace(finite.min(), finite.max() * (1 + 1e-9), bins + 1)
+            edges = np.geomspace(lo, hi, bins + 1)
             ax.set_xscale("log")
         else:
-            edges = bins
-        ax.hist(finite, bins=edges, color="tab:blue", alpha=0.8, edgecolor="white")
+            edges = np.linspace(lo, hi, bins + 1)
+        if threshold is not None and lo < threshold < hi:
+            edges = np.unique(np.append(edges, threshold))  # no bin straddles the threshold
+        above = finite > threshold if threshold is not None else np.zeros(finite.shape, bool)
+        ax.hist(
+            [finite[~above], finite[above]],
+            bins=edges,
+            color=["tab:blue", "tab:red"],
+            alpha=0.8,
+            edgecolor="white",
+            stacked=True,
+        )
         ax.axvline(finite.min(), color="black", lw=1.2, label=f"best {finite.min():.4g}")
         ax.axvline(
             np.median(finite),
-            color="tab:orange",
+            color="0.35",
             lw=1.2,
             ls="--",
             label=f"median {np.median(finite):.4g}",
         )
-        ax.legend(frameon=False)
+        if threshold is not None:
+            ax.axvline(
+                threshold,
+                color="tab:red",
+                lw=1.2,
+                ls=":",
+                label=f"{threshold_label} = {threshold:.4g}: {int(above.sum())} above",
+            )
     ax.set_xlabel("final loss")
     ax.set_ylabel("restarts")
     bad = values.size - finite.size
@@ -358,6 +374,7 @@ def restart_histogram(
         text += f" ({bad} non-finite, not shown)"
     ax.set_title(text)
     ax.grid(alpha=0.3)
+    legend(ax, frameon=False)
     return fig
 
 
@@ -383,8 +400,8 @@ def hessian_spectrum(
     Returns:
       The matplotlib figure.
     """
-    series = _named(eigenvalues, "eigenvalues")
-    fig, ax = _axes(ax, (6.4, 4.0))
+    series = kit.named(eigenvalues, "eigenvalues")
+    fig, ax = kit.axes_for(ax, (6.4, 4.0))
     offset = 0
     ticks, tick_labels = [], []
     largest, smallest = 0.0, np.inf
@@ -406,23 +423,44 @@ def hessian_spectrum(
     ax.axhline(0.0, color="black", lw=0.8)
     if symlog is None:
         symlog = bool(np.isfinite(smallest) and largest / smallest > 1e3)
-    if symlog:
+    if symlog and largest > 0:
         # Linear within 1e-4 of the largest magnitude: four decades either side stay legible.
-        ax.set_yscale("symlog", linthresh=max(smallest, largest * 1e-4))
+        linthresh = 10.0 ** np.floor(np.log10(max(smallest, largest * 1e-4)))
+        ax.set_yscale("symlog", linthresh=linthresh)
+        low = min(float(np.min(v)) for v in series.values())
+        high = max(float(np.max(v)) for v in series.values())
+        ax.yaxis.set_major_locator(kit.symlog_ticks(linthresh, low, high))
+        # room for the markers at the ends: a fifth of a decade beyond the extreme values
+        ax.set_ylim(
+            low * 1.6 if low < -linthresh else -linthresh,
+            high * 1.6 if high > linthresh else linthresh,
+        )
     if ticks:
         ax.set_xticks(ticks, tick_labels)
+        ax.set_xlabel("eigenvalues in ascending order, at each point")
     else:
-        ax.set_xlabel("index (sorted)")
+        ax.set_xlabel("eigenvalue index (ascending)")
     ax.set_ylabel("eigenvalue")
+    every = np.concatenate([np.ravel(v) for v in series.values()])
     if title is None and len(series) == 1:
-        values = next(iter(series.values()))
         title = (
-            f"Hessian spectrum: {int(np.sum(values < 0))} negative, "
-            f"{int(np.sum(values > 0))} positive of {values.size}"
+            f"Hessian spectrum: {int(np.sum(every < 0))} negative, "
+            f"{int(np.sum(every > 0))} positive of {every.size}"
         )
-    if title:
-        ax.set_title(title)
+    elif title is None:
+        title = f"Hessian spectra at {len(series)} points"
+    ax.set_title(title)
     ax.grid(alpha=0.3, axis="y")
+    from matplotlib.lines import Line2D
+
+    kinds = [("negative", every < 0, "tab:red"), ("positive", every > 0, "tab:blue")]
+    kinds.append(("zero", every == 0, "0.5"))
+    handles = [
+        Line2D([], [], marker="o", color=c, markersize=5, linestyle="none")
+        for _, mask, c in kinds
+        if mask.any()
+    ]
+    legend(ax, handles, [k for k, mask, _ in kinds if mask.any()], fontsize="small")
     return fig
 
 
@@ -469,7 +507,7 @@ def decision_boundary(
     xx, yy = np.meshgrid(xs, ys)
     grid = jnp.asarray(np.stack([xx.ravel(), yy.ravel()], axis=1), jnp.float32)
     out = np.asarray(jax.jit(apply)(params, grid), dtype=float)
-    fig, ax = _axes(ax, (5.6, 5.0))
+    fig, ax = kit.axes_for(ax, (5.6, 5.0))
     if out.ndim == 2 and out.shape[1] > 2:
         classes = out.argmax(axis=1).reshape(xx.shape)
         ax.contourf(
@@ -495,11 +533,11 @@ def decision_boundary(
                 linewidths=0.3,
                 label=f"y = {label}",
             )
-        ax.legend(loc="upper right", fontsize="small", framealpha=0.85)
     ax.set_xlim(lo[0], hi[0])
     ax.set_ylim(lo[1], hi[1])
     ax.set_xlabel("$x_1$")
     ax.set_ylabel("$x_2$")
     if title:
         ax.set_title(title)
+    legend(ax, fontsize="small", framealpha=0.85)
     return fig

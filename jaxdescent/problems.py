@@ -42,6 +42,7 @@ __all__ = [
     "regression_with_outliers",
     "rosenbrock",
     "saddle",
+    "saddle_quartic",
     "six_hump_camel",
     "two_moons",
 ]
@@ -166,6 +167,23 @@ def saddle(x: jax.typing.ArrayLike) -> jax.Array:
     return x[..., 0] ** 2 - x[..., 1] ** 2
 
 
+def saddle_quartic(x: jax.typing.ArrayLike) -> jax.Array:
+    r"""The saddle ``x^2 - y^2`` made bounded below: ``x^2 - y^2 + y^4 / 4``.
+
+    The same saddle point at the origin (Hessian eigenvalues ``-2`` and ``2``), and two
+    minima of value ``-1`` at ``(0, +-sqrt(2))`` where the quartic term stops the fall, so a
+    method that escapes the saddle has somewhere to arrive.
+
+    Example:
+      >>> import jax.numpy as jnp, jaxdescent as jd
+      >>> float(jd.problems.saddle_quartic(jnp.array([0.0, 2.0 ** 0.5])))
+      -1.0
+    """
+    x = _as_float(x, "saddle_quartic", dim=2)
+    v = x[..., 1]
+    return x[..., 0] ** 2 - v**2 + 0.25 * v**4
+
+
 def monkey_saddle(x: jax.typing.ArrayLike) -> jax.Array:
     r"""The monkey saddle ``x^3 - 3 x y^2``: a degenerate critical point (zero Hessian) at 0."""
     x = _as_float(x, "monkey_saddle", dim=2)
@@ -251,6 +269,16 @@ CATALOGUE: dict[str, TestFunction] = {
     "saddle": TestFunction(
         saddle, (((0.0, 0.0), "saddle"),), ((-2.0, 2.0), (-2.0, 2.0)), (1.0, 1e-3)
     ),
+    "saddle_quartic": TestFunction(
+        saddle_quartic,
+        (
+            ((0.0, 0.0), "saddle"),
+            ((0.0, 1.414213562373), "minimum"),
+            ((0.0, -1.414213562373), "minimum"),
+        ),
+        ((-1.5, 1.5), (-2.0, 2.0)),
+        (1.0, 0.25),
+    ),
     "monkey_saddle": TestFunction(
         monkey_saddle, (((0.0, 0.0), "degenerate"),), ((-1.5, 1.5), (-1.5, 1.5)), (1.0, 0.1)
     ),
@@ -293,6 +321,8 @@ CATALOGUE: dict[str, TestFunction] = {
         (1.0, 1.0),
     ),
 }
+"""Every test function by name, as a :class:`TestFunction`: the function, its critical
+points with their kinds, a plot domain and a standard start (:func:`get` looks one up)."""
 
 
 def get(name: str) -> TestFunction:

@@ -79,11 +79,13 @@ class MultistartResult(NamedTuple):
 
     @property
     def best_params(self) -> Any:
+        """The params of restart :attr:`best_index` (the leading restart axis removed)."""
         i = self.best_index
         return jax.tree.map(lambda x: x[i], self.params)
 
     @property
     def converged(self) -> jax.Array:
+        """Per restart, whether its gradient norm fell below ``tol``."""
         return self.status == Status.CONVERGED
 
 

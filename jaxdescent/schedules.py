@@ -3,6 +3,11 @@
 ``count`` is the number of updates made so far (0 for the first). Arguments are checked
 when a schedule is built; the returned function only does array arithmetic with
 ``jnp.where``, so it can be traced with an abstract ``count``.
+
+The decays take their arguments in optax's order, ``(init_value, steps, decay_rate)``
+(``optax.exponential_decay(init_value, transition_steps, decay_rate)``, PyTorch's
+``StepLR(step_size, gamma)``), and refuse a ``decay_rate`` that would make the learning rate
+grow unless ``allow_growth=True``: such a rate almost always means arguments swapped.
 """
 
 from __future__ import annotations
@@ -20,8 +25,11 @@ from jaxdescent._checks import (
     check_positive,
     check_unit_interval,
 )
+from jaxdescent.optim._common import check_flag
 
 Schedule = Callable[[jax.typing.ArrayLike], jax.Array]
+"""A learning-rate schedule: ``count -> value``, a pure function of the number of updates
+made so far, as optax's ``ScalarOrSchedule`` accepts."""
 
 __all__ = [
     "Schedule",
@@ -46,41 +54,112 @@ def constant(value: float) -> Schedule:
     return lambda count: jnp.full(jnp.shape(count), value, dtype=jnp.result_type(float))
 
 
-def step_decay(init_value: float, decay_rate: float, step_size: int) -> Schedule:
+def _check_growth(name: str, rate: float, allow_growth: bool, order: str) -> None:
+    """A decay whose ``rate`` exceeds 1 grows the learning rate without bound: almost always
+    arguments given in another library's order. Refuse it unless asked for."""
+    grows = not isinstance(rate, jax.core.Tracer) and float(rate) > 1.0
+    if not check_flag("allow_growth", allow_growth) and grows:
+        raise ValueError(
+            f"{name} must be <= 1 for a decay (a rate > 1 grows the learning rate every "
+            f"period); got {name}={rate!r}. The arguments are {order}; pass "
+            "allow_growth=True if a growing rate is what you want"
+        )
+
+
+def step_decay(
+    init_value: float, step_size: int, decay_rate: float, *, allow_growth: bool = False
+) -> Schedule:
     r"""Piecewise-constant decay: multiply by ``decay_rate`` every ``step_size`` updates.
 
     .. math:: \alpha_t = \alpha_0 \, r^{\lfloor t / s \rfloor}
 
-    (PyTorch's ``StepLR`` with ``gamma=decay_rate``.)
+    PyTorch's ``StepLR(step_size, gamma=decay_rate)``, and
+    ``optax.exponential_decay(init_value, step_size, decay_rate, staircase=True)``, with
+    the arguments in the same order.
+
+    Args:
+      init_value: ``alpha_0 >= 0``.
+      step_size: updates per period, an integer ``>= 1``.
+      decay_rate: ``r`` in ``(0, 1]``; above 1 only with ``allow_growth=True``.
+      allow_growth: accept ``decay_rate > 1`` (a rate that grows).
+
+    Returns:
+      The schedule ``count -> alpha_count``.
     """
     check_nonnegative("init_value", init_value)
-    check_positive("decay_rate", decay_rate)
     step_size = check_int("step_size", step_size, minimum=1)
+    check_positive("decay_rate", decay_rate)
+    _check_growth("decay_rate", decay_rate, allow_growth, "(init_value, step_size, decay_rate)")
     return lambda count: init_value * decay_rate ** jnp.floor(_float(count) / step_size)
 
 
-def exponential_decay(init_value: float, decay_rate: float, decay_steps: int = 1) -> Schedule:
-    r"""Smooth exponential decay.
+def exponential_decay(
+    init_value: float,
+    transition_steps: int,
+    decay_rate: float,
+    *,
+    staircase: bool = False,
+    allow_growth: bool = False,
+) -> Schedule:
+    r"""Exponential decay, with ``optax.exponential_decay``'s arguments and values.
 
     .. math:: \alpha_t = \alpha_0 \, r^{t / T}
 
-    With ``decay_steps=1`` this is PyTorch's ``ExponentialLR``; equivalently
+    (``r^{\lfloor t / T \rfloor}`` with ``staircase=True``.) With ``transition_steps=1``
+    this is PyTorch's ``ExponentialLR(gamma=decay_rate)``; equivalently
     ``alpha_0 exp(-k t)`` with ``k = -log(r) / T``.
+
+    Args:
+      init_value: ``alpha_0 >= 0``.
+      transition_steps: ``T``, the updates over which the rate is multiplied by ``r``, an
+        integer ``>= 1``.
+      decay_rate: ``r`` in ``(0, 1]``; above 1 only with ``allow_growth=True``.
+      staircase: decay in discrete steps every ``T`` updates (then :func:`step_decay`).
+      allow_growth: accept ``decay_rate > 1`` (a rate that grows).
+
+    Returns:
+      The schedule ``count -> alpha_count``.
+
+    Example:
+      >>> import jaxdescent as jd
+      >>> schedule = jd.schedules.exponential_decay(0.1, 1000, 0.5)   # halves every 1000
+      >>> [round(float(schedule(t)), 4) for t in (0, 1000, 2000)]
+      [0.1, 0.05, 0.025]
     """
     check_nonnegative("init_value", init_value)
+    transition_steps = check_int("transition_steps", transition_steps, minimum=1)
     check_positive("decay_rate", decay_rate)
-    decay_steps = check_int("decay_steps", decay_steps, minimum=1)
-    return lambda count: init_value * decay_rate ** (_float(count) / decay_steps)
+    staircase = check_flag("staircase", staircase)
+    _check_growth(
+        "decay_rate", decay_rate, allow_growth, "(init_value, transition_steps, decay_rate)"
+    )
+
+    def schedule(count):
+        periods = _float(count) / transition_steps
+        return init_value * decay_rate ** (jnp.floor(periods) if staircase else periods)
+
+    return schedule
 
 
-def inverse_time_decay(init_value: float, decay_rate: float, decay_steps: int = 1) -> Schedule:
+def inverse_time_decay(init_value: float, decay_steps: int, decay_rate: float) -> Schedule:
     r"""Inverse-time (``1/t``) decay, the classical Robbins-Monro rate.
 
     .. math:: \alpha_t = \frac{\alpha_0}{1 + k \, t / T}
+
+    With ``T = decay_steps`` and ``k = decay_rate``, in the order of Keras'
+    ``InverseTimeDecay(initial_learning_rate, decay_steps, decay_rate)``.
+
+    Args:
+      init_value: ``alpha_0 >= 0``.
+      decay_steps: ``T``, an integer ``>= 1``.
+      decay_rate: ``k >= 0`` (a negative ``k`` would make the rate grow, then blow up).
+
+    Returns:
+      The schedule ``count -> alpha_count``.
     """
     check_nonnegative("init_value", init_value)
-    check_nonnegative("decay_rate", decay_rate)
     decay_steps = check_int("decay_steps", decay_steps, minimum=1)
+    check_nonnegative("decay_rate", decay_rate)
     return lambda count: init_value / (1.0 + decay_rate * _float(count) / decay_steps)
 
 

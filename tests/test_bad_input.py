@@ -310,15 +310,15 @@ CASES = [
     ),
     (
         "multistart-hyperparams-plain-optimizer",
-        lambda: multistart(hyperparams={"learning_rate": jnp.ones(2)}),
+        lambda: multistart(optimizer=optax.sgd(0.1), hyperparams={"learning_rate": jnp.ones(2)}),
         ValueError,
-        ["hyperparams", "inject_hyperparams", "SgdState"],
+        ["hyperparams", "inject_hyperparams", "tuple"],
     ),
     (
         "multistart-hyperparams-unknown",
         lambda: multistart(optimizer=INJECTED, hyperparams={"lr": jnp.ones(2)}),
         ValueError,
-        ["hyperparams['lr']", "injected hyperparameter", "learning_rate"],
+        ["hyperparams['lr']", "runtime hyperparameter", "learning_rate"],
     ),
     (
         "multistart-hyperparams-shape",
@@ -531,15 +531,15 @@ CASES = [
     ),
     (
         "step-decay-rate-0",
-        lambda: jd.schedules.step_decay(0.1, 0.0, 10),
+        lambda: jd.schedules.step_decay(0.1, 10, 0.0),
         ValueError,
         ["decay_rate", "> 0", "0.0"],
     ),
     (
         "exponential-decay-steps",
-        lambda: jd.schedules.exponential_decay(0.1, 0.5, 0),
+        lambda: jd.schedules.exponential_decay(0.1, 0, 0.5),
         ValueError,
-        ["decay_steps", ">= 1", "0"],
+        ["transition_steps", ">= 1", "0"],
     ),
     (
         "cosine-alpha",
@@ -766,3 +766,80 @@ def test_good_input_gets_past_every_check(no_loop_compile):
     for call in good_calls:
         with pytest.raises(AssertionError, match="training loop was compiled"):
             call()
+
+
+# --- first-order rules' options, the decays and runtime hyperparameters (issue 12) ---------
+
+RULE_OPTION_CASES = [
+    (
+        "rmsprop-nesterov-without-momentum",
+        lambda: jd.optim.rmsprop(0.1, nesterov=True),
+        ValueError,
+        ["nesterov=True needs momentum", "[0, 1)", "momentum=None"],
+    ),
+    (
+        "rmsprop-centered-not-bool",
+        lambda: jd.optim.rmsprop(0.1, centered="no"),
+        TypeError,
+        ["centered", "True or False", "'no'"],
+    ),
+    (
+        "rmsprop-nesterov-not-bool",
+        lambda: jd.optim.rmsprop(0.1, momentum=0.9, nesterov="no"),
+        TypeError,
+        ["nesterov", "True or False", "'no'"],
+    ),
+    (
+        "exponential-decay-grows",
+        lambda: jd.schedules.exponential_decay(0.01, 1000, 2.0),
+        ValueError,
+        ["decay_rate", "<= 1", "2.0", "(init_value, transition_steps, decay_rate)"],
+    ),
+    (
+        "step-decay-grows",
+        lambda: jd.schedules.step_decay(0.01, 10, 3.0),
+        ValueError,
+        ["decay_rate", "<= 1", "3.0", "allow_growth=True"],
+    ),
+    (
+        "exponential-decay-staircase-not-bool",
+        lambda: jd.schedules.exponential_decay(0.1, 10, 0.5, staircase="no"),
+        TypeError,
+        ["staircase", "True or False", "'no'"],
+    ),
+    (
+        "check-hyperparam-b1",
+        lambda: _check_hyperparam("b1", 1.5),
+        ValueError,
+        ["hyperparams['b1']", "in [0, 1)", "1.5"],
+    ),
+    (
+        "check-hyperparam-learning-rate-entry",
+        lambda: _check_hyperparam("learning_rate", jnp.array([0.1, -1.0])),
+        ValueError,
+        ["hyperparams['learning_rate']", ">= 0", "-1.0", "index 1"],
+    ),
+    (
+        "check-hyperparam-not-a-number",
+        lambda: _check_hyperparam("eps", "1e-8"),
+        TypeError,
+        ["hyperparams['eps']", "real number", "'1e-8'"],
+    ),
+]
+
+
+def _check_hyperparam(name, value):
+    from jaxdescent.optim._common import check_hyperparam
+
+    return check_hyperparam(name, value)
+
+
+@pytest.mark.parametrize(
+    ("call", "error", "fragments"),
+    [c[1:] for c in RULE_OPTION_CASES],
+    ids=[c[0] for c in RULE_OPTION_CASES],
+)
+def test_bad_rule_options_and_hyperparameters(no_loop_compile, call, error, fragments):
+    with pytest.raises(error) as excinfo:
+        call()
+    assert_clear(excinfo, fragments)

@@ -12,7 +12,7 @@ import pytest
 
 pytest.importorskip("matplotlib")
 
-from jaxdescent import cli
+from jaxdescent import cli, compare
 
 
 def test_demo_writes_table_plots_and_summary(tmp_path, capsys):
@@ -35,7 +35,9 @@ def test_demo_writes_table_plots_and_summary(tmp_path, capsys):
         ]
     )
     assert code == 0
-    text = capsys.readouterr().out
+    captured = capsys.readouterr()
+    text = captured.out
+    assert "best_batch_loss=" in captured.err  # the progress bar names the loss it shows
     for row in (
         "best final loss",
         "median final loss",
@@ -52,6 +54,9 @@ def test_demo_writes_table_plots_and_summary(tmp_path, capsys):
     assert summary["restarts"] == 4 and summary["steps"] == 30
     assert summary["final_loss"]["best"] <= summary["final_loss"]["median"]
     assert 0.0 <= summary["best_accuracy"]["test"] <= 1.0
+    threshold = summary["failed"]["stuck_threshold"]
+    assert threshold == pytest.approx(2 * summary["final_loss"]["best"] + 0.01)
+    assert f"= {threshold:.4f}" in text  # the printed threshold is the one drawn
 
 
 def test_compare_newton_goes_straight_to_the_minimum(tmp_path, capsys):
@@ -104,6 +109,25 @@ def test_compare_lr_override_and_other_problem(tmp_path, capsys):
     assert (tmp_path / "compare_quadratic_paths.png").exists()
 
 
+def test_compare_saddle_plain_newton_stops_on_it_the_others_escape(tmp_path, capsys):
+    """The saddle is drawn bounded below (saddle_quartic), so escaping rules reach a minimum."""
+    code = cli.main(["compare", "--problem", "saddle", "--steps", "500", "--out", str(tmp_path)])
+    assert code == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert "saddle_quartic" in lines[0]
+    rows = {
+        line.split()[0]: line.split()
+        for line in lines
+        if line.startswith(("sgd", "adam", "plain_newton", "newton", "saddle_free_newton"))
+    }
+    assert set(rows) == {"sgd", "adam", "plain_newton", "newton", "saddle_free_newton"}
+    assert abs(float(rows["plain_newton"][-3])) < 1e-12  # the saddle's value, 0
+    for name in ("sgd", "adam", "newton", "saddle_free_newton"):
+        assert float(rows[name][-3]) == pytest.approx(-1.0, abs=1e-8), name  # a minimum
+    for name in ("compare_saddle_paths.png", "compare_saddle_losses.png"):
+        assert (tmp_path / name).stat().st_size > 1000
+
+
 def test_path_matches_fit():
     import jax.numpy as jnp
     import numpy as np
@@ -111,7 +135,7 @@ def test_path_matches_fit():
     import jaxdescent as jd
 
     opt = jd.optim.sgd(0.1)
-    path = cli._path(lambda x: jnp.sum(x**2), jnp.array([1.0, -2.0]), opt, 3)
+    path = compare._path(lambda x: jnp.sum(x**2), jnp.array([1.0, -2.0]), opt, 3)
     np.testing.assert_allclose(
         path, [[1.0, -2.0], [0.8, -1.6], [0.64, -1.28], [0.512, -1.024]], rtol=1e-6
     )
@@ -123,10 +147,11 @@ def test_default_learning_rates_cover_every_problem_and_rule():
     import jaxdescent as jd
 
     for problem in jd.problems.CATALOGUE:
-        for name in cli.OPTIMIZER_NAMES:
-            lr = cli.default_learning_rate(problem, name)
-            assert (lr is None) == (name in cli.SECOND_ORDER)
-    assert set(cli._optimizers()) == set(cli.OPTIMIZER_NAMES)
+        for name in compare.OPTIMIZER_NAMES:
+            lr = compare.default_learning_rate(problem, name)
+            assert (lr is None) == (name in compare.SECOND_ORDER)
+        assert set(compare.default_optimizers(problem)) <= set(compare.OPTIMIZER_NAMES)
+    assert set(compare.optimizers()) == set(compare.OPTIMIZER_NAMES)
 
 
 @pytest.mark.parametrize(
@@ -185,8 +210,12 @@ def test_bench_passes_options_through(tmp_path, monkeypatch):
         monkeypatch.delitem(sys.modules, name, raising=False)
     monkeypatch.syspath_prepend(str(tmp_path))
     monkeypatch.setattr(cli, "_find_benchmarks", lambda: tmp_path)
-    assert cli.main(["bench", "--quick", "--cases", "1,2"]) == 0
-    assert sys.modules["benchmarks.run"].CALLS == [["--quick", "--cases", "1,2"]]
+    try:
+        assert cli.main(["bench", "--quick", "--cases", "1,2"]) == 0
+        assert sys.modules["benchmarks.run"].CALLS == [["--quick", "--cases", "1,2"]]
+    finally:  # the fake suite must not stay imported for later tests
+        for name in ("benchmarks", "benchmarks.run"):
+            sys.modules.pop(name, None)
 
 
 def test_bench_without_the_suite_says_where_it_lives(monkeypatch, capsys):

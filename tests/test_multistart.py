@@ -137,9 +137,15 @@ def test_hyperparameter_sweep_matches_single_fits_without_recompiling():
 
 
 def test_hyperparams_need_an_injected_optimizer():
-    with pytest.raises(ValueError, match="inject_hyperparams"):
+    with pytest.raises(ValueError, match="inject_hyperparams"):  # optax's own rule
+        jd.multistart(init, mse, optax.adam(0.05), key=jax.random.key(0), restarts=2,
+                      data=DATA, steps=2, hyperparams={"learning_rate": jnp.ones(2)})  # fmt: skip
+    with pytest.raises(ValueError, match=r"hyperparams\['lr'\].*has \['b1', 'b2', 'eps'"):
         jd.multistart(init, mse, ADAM, key=jax.random.key(0), restarts=2, data=DATA, steps=2,
-                      hyperparams={"learning_rate": jnp.ones(2)})  # fmt: skip
+                      hyperparams={"lr": jnp.ones(2)})  # fmt: skip
+    with pytest.raises(ValueError, match=r"hyperparams\['learning_rate'\].*>= 0"):
+        jd.multistart(init, mse, ADAM, key=jax.random.key(0), restarts=2, data=DATA, steps=2,
+                      hyperparams={"learning_rate": -jnp.ones(2)})  # fmt: skip
     with pytest.raises(ValueError, match=r"shape \(2,\)"):
         jd.multistart(init, mse, SWEEP, key=jax.random.key(0), restarts=2, data=DATA, steps=2,
                       hyperparams={"learning_rate": jnp.ones(3)})  # fmt: skip

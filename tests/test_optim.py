@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import itertools
 
 import chex
@@ -49,7 +50,7 @@ def trajectory(opt, params, steps=100):
 
 
 CYCLIC = S.cyclic(0.01, 0.2, step_size=25, mode="triangular2")
-DECAY = S.warmup(S.exponential_decay(0.03, 0.5, decay_steps=40), 10)
+DECAY = S.warmup(S.exponential_decay(0.03, 40, 0.5), 10)
 DECAY_OPTAX = optax.cosine_decay_schedule(0.2, 100)
 
 # name -> (jaxdescent rule, optax counterpart)
@@ -345,3 +346,260 @@ def test_non_numeric_learning_rate_is_a_type_error():
     # zero is allowed (a frozen run), as is a schedule
     optim.sgd(0.0)
     optim.adam(S.constant(0.1))
+
+
+def test_flags_are_booleans_and_nesterov_needs_momentum():
+    """A truthy string is not a flag, and an option that cannot apply is an error."""
+    for flag in ("centered", "nesterov"):
+        with pytest.raises(TypeError, match=f"{flag} must be True or False; got 'no'"):
+            optim.rmsprop(0.1, momentum=0.9, **{flag: "no"})
+    with pytest.raises(ValueError, match="nesterov=True needs momentum"):
+        optim.rmsprop(0.1, nesterov=True)
+    optim.rmsprop(0.1, momentum=0.0, nesterov=True)  # a momentum of 0 is still a momentum
+
+
+# --- hyperparameters are runtime values in the state -------------------------------------------
+
+HP_PARAMS = {"w": jnp.linspace(-1.0, 2.0, 6).reshape(2, 3), "b": jnp.array([0.5, -0.25])}
+HP_GRADS = jax.tree.map(lambda p: 0.3 - p, HP_PARAMS)
+
+# rule -> (factory, keyword arguments of two builds that differ only in numeric values)
+VALUE_PAIRS = {
+    "sgd": (optim.sgd, {"learning_rate": 1e-3}, {"learning_rate": 3e-2}),
+    "momentum": (
+        optim.momentum,
+        {"learning_rate": 1e-3, "beta": 0.9},
+        {"learning_rate": 0.2, "beta": 0.5},
+    ),
+    "momentum-nesterov": (
+        optim.momentum,
+        {"learning_rate": 1e-3, "beta": 0.9, "form": "nesterov"},
+        {"learning_rate": 0.2, "beta": 0.5, "form": "nesterov"},
+    ),
+    "adagrad": (
+        optim.adagrad,
+        {"learning_rate": 0.1, "eps": 1e-7},
+        {"learning_rate": 0.5, "eps": 1e-3},
+    ),
+    "rmsprop": (
+        optim.rmsprop,
+        {"learning_rate": 0.01, "decay": 0.9, "eps": 1e-8, "momentum": 0.9, "centered": True},
+        {"learning_rate": 0.1, "decay": 0.5, "eps": 1e-4, "momentum": 0.3, "centered": True},
+    ),
+    "adam": (
+        optim.adam,
+        {"learning_rate": 1e-3},
+        {"learning_rate": 3e-2, "b1": 0.8, "b2": 0.99, "eps": 1e-6, "eps_root": 1e-9},
+    ),
+    "adamw": (
+        optim.adamw,
+        {"learning_rate": 1e-3, "weight_decay": 1e-4},
+        {"learning_rate": 3e-2, "b1": 0.5, "weight_decay": 0.2},
+    ),
+}
+
+
+HP_NAMES = {
+    "sgd": {"learning_rate"},
+    "momentum": {"learning_rate", "beta"},
+    "adagrad": {"learning_rate", "eps"},
+    "rmsprop": {"learning_rate", "decay", "eps", "momentum"},
+    "adam": {"learning_rate", "b1", "b2", "eps", "eps_root"},
+    "adamw": {"learning_rate", "b1", "b2", "eps", "eps_root", "weight_decay"},
+}
+
+
+def _jaxpr(opt):
+    return str(jax.make_jaxpr(opt.update)(HP_GRADS, opt.init(HP_PARAMS), HP_PARAMS))
+
+
+@pytest.mark.parametrize("name", list(VALUE_PAIRS))
+def test_update_closes_over_configuration_not_values(name):
+    """Two builds that differ only in numeric hyperparameters trace to the same program and
+    have equal fingerprints (the engine's compile-cache key); another form does not."""
+    from jaxdescent._engine.cache import fingerprint
+
+    rule, first, second = VALUE_PAIRS[name]
+    a, b = rule(**first), rule(**second)
+    assert _jaxpr(a) == _jaxpr(b)
+    assert fingerprint(a.update) == fingerprint(b.update)
+    # the values are in the state, in the params' dtype, and differ there
+    state_a, state_b = a.init(HP_PARAMS), b.init(HP_PARAMS)
+    assert set(state_a.hyperparams) == set(state_b.hyperparams) == HP_NAMES[name.split("-")[0]]
+    assert all(v.dtype == jnp.float32 and v.shape == () for v in state_a.hyperparams.values())
+    assert not np.allclose(
+        state_a.hyperparams["learning_rate"], state_b.hyperparams["learning_rate"]
+    )
+    if name == "momentum":
+        other = optim.momentum(1e-3, beta=0.9, form="classical")
+        assert fingerprint(other.update) != fingerprint(a.update)
+        assert _jaxpr(other) != _jaxpr(a)
+
+
+class _ByConfig:
+    """An update function as a static jit argument, equal to another when their fingerprints
+    are (as the engine keys its compiled programs)."""
+
+    def __init__(self, update):
+        from jaxdescent._engine.cache import fingerprint
+
+        self.update, self.key = update, fingerprint(update)
+
+    def __hash__(self):
+        return hash(self.key)
+
+    def __eq__(self, other):
+        return isinstance(other, _ByConfig) and other.key == self.key
+
+
+def test_a_loop_over_learning_rates_traces_once():
+    chex.clear_trace_counter()
+
+    @functools.partial(jax.jit, static_argnums=0)
+    @chex.assert_max_traces(n=1)
+    def three_steps(update, params, state):
+        for _ in range(3):
+            updates, state = update.update(jax.grad(parabola)(params), state, params)
+            params = optax.apply_updates(params, updates)
+        return params
+
+    for lr in (1e-3, 3e-2, 0.1, 0.25):
+        opt = optim.adam(lr)  # a fresh object every time
+        got = three_steps(_ByConfig(opt.update), HP_PARAMS, opt.init(HP_PARAMS))
+        # the reused program uses this build's learning rate (not the first one's)
+        params, state = HP_PARAMS, opt.init(HP_PARAMS)
+        for _ in range(3):
+            updates, state = opt.update(jax.grad(parabola)(params), state, params)
+            params = optax.apply_updates(params, updates)
+        chex.assert_trees_all_close(got, params, rtol=1e-6)
+
+
+@pytest.mark.parametrize("name", list(VALUE_PAIRS))
+def test_vmap_over_stacked_hyperparameters(name):
+    """Stacked states with different values, one vmapped program: each row equals a rule built
+    with that row's values."""
+    rule, first, second = VALUE_PAIRS[name]
+    builds = [rule(**first), rule(**second)]
+    states = [opt.init(HP_PARAMS) for opt in builds]
+    stacked = jax.tree.map(lambda *xs: jnp.stack(xs), *states)
+
+    @jax.jit
+    def run(state):
+        params = HP_PARAMS
+        for _ in range(3):
+            updates, state = builds[0].update(jax.grad(parabola)(params), state, params)
+            params = optax.apply_updates(params, updates)
+        return params
+
+    got = jax.vmap(run)(stacked)
+    for i, opt in enumerate(builds):
+        params, state = HP_PARAMS, states[i]
+        for _ in range(3):
+            updates, state = opt.update(jax.grad(parabola)(params), state, params)
+            params = optax.apply_updates(params, updates)
+        chex.assert_trees_all_close(jax.tree.map(lambda x: x[i], got), params, rtol=1e-5)
+    assert not np.allclose(got["w"][0], got["w"][1])  # the rows differ
+
+
+def test_values_given_as_arrays_stay_fixed_and_inject_hyperparams_drives_the_rule():
+    """optax.inject_hyperparams passes its current values as arrays on every update: they
+    are used (a changed injected learning rate takes effect), not the state's."""
+    pinned = optim.adam(jnp.asarray(0.1))
+    assert "learning_rate" not in pinned.init(HP_PARAMS).hyperparams
+    opt = optax.inject_hyperparams(optim.adam)(learning_rate=0.1)
+    step = jax.jit(opt.update)
+    state = opt.init(HP_PARAMS)
+    state.hyperparams["learning_rate"] = jnp.asarray(0.0)
+    for update in (opt.update, step):  # eagerly and compiled
+        updates, _ = update(HP_GRADS, state, HP_PARAMS)
+        assert all(np.all(np.asarray(u) == 0) for u in jax.tree.leaves(updates))
+    state.hyperparams["learning_rate"] = jnp.asarray(0.5)
+    updates, _ = step(HP_GRADS, state, HP_PARAMS)
+    np.testing.assert_allclose(updates["b"], -0.5 * np.sign(HP_GRADS["b"]), rtol=1e-5)
+
+
+def test_ema_momentum_with_scaled_rate_is_classical_momentum(x64):
+    """EMA with lr / (1 - b) takes the classical form's steps with lr (the docstring's claim)."""
+    params = jax.tree.map(jnp.asarray, MLP_PARAMS)
+    beta, lr = 0.9, 0.02
+    ema = optim.momentum(lr / (1 - beta), beta=beta)
+    classical = optim.momentum(lr, beta=beta, form="classical")
+    paths = jax.jit(lambda p: (trajectory(ema, p), trajectory(classical, p)))(params)
+    chex.assert_trees_all_close(*paths, rtol=1e-9, atol=1e-12)
+    chex.assert_trees_all_close(paths[1], trajectory(optax.sgd(lr, momentum=beta), params))
+    assert np.max(np.abs(paths[0][0]["w"][-1] - MLP_PARAMS[0]["w"])) > 1e-2
+
+
+# --- runtime values checked by name ---------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("name", "good", "bad", "expected"),
+    [
+        ("learning_rate", [0.0, 1e-3, 10, np.float32(0.5)], [-1.0, np.nan, np.inf], ">= 0"),
+        ("b1", [0.0, 0.9, 0.999], [1.0, 1.5, -0.1], "in [0, 1)"),
+        ("b2", [0.5], [1.0], "in [0, 1)"),
+        ("decay", [0.9], [1.0], "in [0, 1)"),
+        ("momentum", [0.0, 0.9], [1.0], "in [0, 1)"),
+        ("beta", [0.5], [-0.5], "in [0, 1)"),
+        ("eps", [1e-8], [0.0, -1e-8], "> 0"),
+        ("weight_decay", [0.0, 0.1], [-0.1], ">= 0"),
+        ("damping", [0.0, 3.0], [-1.0, np.inf], ">= 0"),
+        ("shrink", [0.5], [0.0, 1.0], "in (0, 1)"),
+        ("c1", [1e-4], [0.0, 1.0], "in (0, 1)"),
+        ("cg_tol", [0.5, 1.0], [0.0, 1.5], "in (0, 1]"),
+        ("damping_factor", [10.0, 1.5], [1.0, 0.5], "> 1"),
+        ("some_new_name", [-3.0, 0.0, 1e30], [np.nan, -np.inf], "finite"),
+    ],
+)
+def test_check_hyperparam(name, good, bad, expected):
+    from jaxdescent.optim._common import check_hyperparam
+
+    for value in good:
+        check_hyperparam(name, value)
+    check_hyperparam(name, jnp.asarray(good))  # one value per restart
+    for value in bad:
+        with pytest.raises(ValueError) as excinfo:
+            check_hyperparam(name, value)
+        message = str(excinfo.value)
+        assert f"hyperparams[{name!r}]" in message and expected in message, message
+        assert repr(value) in message or str(value) in message, message
+        # in an array, the offending entry and its index are named
+        with pytest.raises(ValueError, match=r"at index 1 \(of 3 values\)"):
+            check_hyperparam(name, np.array([good[0], value, good[0]]))
+
+
+def test_check_hyperparam_types_and_agreement_with_the_factories():
+    from jaxdescent.optim._common import check_hyperparam
+
+    for value in ("0.1", True, None, 1 + 2j, [0.1, 0.2], jnp.array([True])):
+        with pytest.raises(TypeError, match=r"hyperparams\['learning_rate'\] must be a real"):
+            check_hyperparam("learning_rate", value)
+    jax.jit(lambda v: check_hyperparam("b1", v) or v)(2.0)  # a tracer is let through
+    # every value a first-order factory refuses, check_hyperparam refuses, and the reverse
+    factories = {
+        "learning_rate": optim.sgd,
+        "beta": lambda v: optim.momentum(0.1, beta=v),
+        "eps": lambda v: optim.adagrad(0.1, eps=v),
+        "decay": lambda v: optim.rmsprop(0.1, decay=v),
+        "momentum": lambda v: optim.rmsprop(0.1, momentum=v),
+        "b1": lambda v: optim.adam(0.1, b1=v),
+        "b2": lambda v: optim.adam(0.1, b2=v),
+        "eps_root": lambda v: optim.adam(0.1, eps_root=v),
+        "weight_decay": lambda v: optim.adamw(0.1, weight_decay=v),
+    }
+    for name, build in factories.items():
+        for value in (-1.0, -1e-9, 0.0, 1e-9, 0.5, 1.0, 2.0, np.inf, np.nan):
+            refused = []
+            for check in (build, lambda v, name=name: check_hyperparam(name, v)):
+                try:
+                    check(value)
+                    refused.append(False)
+                except ValueError:
+                    refused.append(True)
+            assert refused[0] == refused[1], (name, value, refused)
+    # and every first-order rule's state holds only names check_hyperparam knows
+    from jaxdescent.optim._common import _HYPERPARAM_RULES
+
+    for rule, first, _ in VALUE_PAIRS.values():
+        assert set(rule(**first).init(HP_PARAMS).hyperparams) <= set(_HYPERPARAM_RULES)

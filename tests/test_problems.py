@@ -15,6 +15,7 @@ NAMES = {
     "rosenbrock",
     "himmelblau",
     "saddle",
+    "saddle_quartic",
     "monkey_saddle",
     "six_hump_camel",
     "rastrigin",

@@ -121,11 +121,11 @@ def bounded_schedules(draw):
     if kind == "constant":
         return jd.schedules.constant(a), a, a
     if kind == "step":
-        return jd.schedules.step_decay(a, draw(rates), draw(periods)), 0.0, a
+        return jd.schedules.step_decay(a, draw(periods), draw(rates)), 0.0, a
     if kind == "exponential":
-        return jd.schedules.exponential_decay(a, draw(rates), draw(periods)), 0.0, a
+        return jd.schedules.exponential_decay(a, draw(periods), draw(rates)), 0.0, a
     if kind == "inverse_time":
-        return jd.schedules.inverse_time_decay(a, draw(values), draw(periods)), 0.0, a
+        return jd.schedules.inverse_time_decay(a, draw(periods), draw(values)), 0.0, a
     if kind == "cosine":
         alpha = draw(st.floats(0.0, 1.0))
         return jd.schedules.cosine_decay(a, draw(periods), alpha), alpha * a, a

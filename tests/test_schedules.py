@@ -42,17 +42,17 @@ def _cosine(t, v, T, a=0.0):
 # name -> (schedule, reference as a function of float64 counts)
 CASES = {
     "constant": (S.constant(0.3), lambda t: np.full_like(t, 0.3)),
-    "step_decay": (S.step_decay(0.5, 0.3, 25), lambda t: 0.5 * 0.3 ** np.floor(t / 25)),
+    "step_decay": (S.step_decay(0.5, 25, 0.3), lambda t: 0.5 * 0.3 ** np.floor(t / 25)),
     "exponential_decay": (
-        S.exponential_decay(0.2, 0.5, decay_steps=40),
+        S.exponential_decay(0.2, 40, 0.5),
         lambda t: 0.2 * 0.5 ** (t / 40),
     ),
     "exponential_decay_per_step": (
-        S.exponential_decay(1.0, 0.99),
+        S.exponential_decay(1.0, 1, 0.99),
         lambda t: np.exp(t * np.log(0.99)),
     ),
     "inverse_time_decay": (
-        S.inverse_time_decay(0.1, 0.5, decay_steps=10),
+        S.inverse_time_decay(0.1, 10, 0.5),
         lambda t: 0.1 / (1 + 0.5 * t / 10),
     ),
     "cosine_decay": (S.cosine_decay(0.4, 100), lambda t: _cosine(t, 0.4, 100)),
@@ -91,12 +91,12 @@ CASES = {
         lambda t: np.where(t < 50, 0.1 + 0.2 * t / 50, 0.3),
     ),
     "warmup_zero_steps": (
-        S.warmup(S.step_decay(0.5, 0.3, 25), 0),
+        S.warmup(S.step_decay(0.5, 25, 0.3), 0),
         lambda t: 0.5 * 0.3 ** np.floor(t / 25),
     ),
     "join": (
         S.join(
-            [S.constant(0.1), S.cosine_decay(0.5, 60), S.exponential_decay(0.05, 0.5, 20)],
+            [S.constant(0.1), S.cosine_decay(0.5, 60), S.exponential_decay(0.05, 20, 0.5)],
             [30, 130],
         ),
         lambda t: np.select(
@@ -132,7 +132,7 @@ def test_float32_schedules_and_optax_counts():
         got = jax.jit(jax.vmap(schedule))(counts)
         assert got.dtype == jnp.float32
         np.testing.assert_allclose(got, reference(COUNTS.astype(np.float64)), rtol=2e-5, atol=1e-7)
-    opt = optax.scale_by_schedule(S.step_decay(1.0, 0.5, 2))
+    opt = optax.scale_by_schedule(S.step_decay(1.0, 2, 0.5))
     state = opt.init(jnp.zeros(()))
     seen = []
     for _ in range(5):
@@ -142,7 +142,7 @@ def test_float32_schedules_and_optax_counts():
 
 
 def test_join_agrees_with_optax(x64):
-    parts = [S.cosine_decay(0.5, 60), S.constant(0.02), S.inverse_time_decay(0.1, 1.0)]
+    parts = [S.cosine_decay(0.5, 60), S.constant(0.02), S.inverse_time_decay(0.1, 1, 1.0)]
     ours = S.join(parts, [60, 100])
     ref = optax.join_schedules(parts, [60, 100])
     counts = jnp.asarray(COUNTS)
@@ -161,13 +161,13 @@ def test_cyclic_shape_landmarks():
     ("build", "error", "match"),
     [
         (lambda: S.constant(-0.1), ValueError, "value"),
-        (lambda: S.step_decay(-1.0, 0.5, 10), ValueError, "init_value"),
-        (lambda: S.step_decay(1.0, 0.0, 10), ValueError, "decay_rate"),
-        (lambda: S.step_decay(1.0, 0.5, 0), ValueError, "step_size"),
-        (lambda: S.step_decay(1.0, 0.5, 2.5), TypeError, "step_size"),
-        (lambda: S.exponential_decay(1.0, -0.5), ValueError, "decay_rate"),
-        (lambda: S.exponential_decay(1.0, 0.5, decay_steps=0), ValueError, "decay_steps"),
-        (lambda: S.inverse_time_decay(1.0, -1.0), ValueError, "decay_rate"),
+        (lambda: S.step_decay(-1.0, 10, 0.5), ValueError, "init_value"),
+        (lambda: S.step_decay(1.0, 10, 0.0), ValueError, "decay_rate"),
+        (lambda: S.step_decay(1.0, 0, 0.5), ValueError, "step_size"),
+        (lambda: S.step_decay(1.0, 2.5, 0.5), TypeError, "step_size"),
+        (lambda: S.exponential_decay(1.0, 1, -0.5), ValueError, "decay_rate"),
+        (lambda: S.exponential_decay(1.0, 0, 0.5), ValueError, "transition_steps"),
+        (lambda: S.inverse_time_decay(1.0, 1, -1.0), ValueError, "decay_rate"),
         (lambda: S.cosine_decay(1.0, 0), ValueError, "decay_steps"),
         (lambda: S.cosine_decay(1.0, 10, alpha=1.5), ValueError, "alpha"),
         (lambda: S.cyclic(0.1, 0.01, 10), ValueError, "max_value"),
@@ -189,3 +189,51 @@ def test_cyclic_shape_landmarks():
 def test_bad_arguments_raise(build, error, match):
     with pytest.raises(error, match=match):
         build()
+
+
+# --- the decays take optax's argument order and refuse to grow ----------------------------
+
+
+def test_exponential_decay_is_optax_exponential_decay(x64):
+    """Same positional arguments, same values (smooth and staircase)."""
+    counts = jnp.asarray(COUNTS)
+    for args in [(0.01, 100, 0.5), (0.3, 1, 0.99), (1.0, 7, 1.0)]:
+        for staircase in (False, True):
+            ours = S.exponential_decay(*args, staircase=staircase)
+            ref = optax.exponential_decay(*args, staircase=staircase)
+            np.testing.assert_allclose(ours(counts), ref(counts), rtol=1e-12)
+    # step decay is the staircase form, with the arguments in the same order
+    np.testing.assert_allclose(
+        S.step_decay(0.1, 25, 0.5)(counts),
+        optax.exponential_decay(0.1, 25, 0.5, staircase=True)(counts),
+        rtol=1e-12,
+    )
+    # inverse-time decay in Keras' order (initial value, decay_steps, decay_rate)
+    np.testing.assert_allclose(
+        S.inverse_time_decay(0.1, 1000, 5.0)(counts), 0.1 / (1 + 5.0 * COUNTS / 1000), rtol=1e-12
+    )
+
+
+@pytest.mark.parametrize(
+    "build",
+    [
+        lambda **kw: S.exponential_decay(0.01, 1000, 2.0, **kw),
+        lambda **kw: S.exponential_decay(0.01, 1, 1000.0, **kw),
+        lambda **kw: S.exponential_decay(0.01, 1, 1.5, staircase=True, **kw),
+        lambda **kw: S.step_decay(0.01, 10, 2.0, **kw),
+    ],
+)
+def test_a_growing_decay_needs_allow_growth(build):
+    """A decay rate above 1 (usually arguments in another order) is refused; asked for
+    explicitly, the rate grows as written."""
+    with pytest.raises(ValueError, match=r"decay_rate must be <= 1.*allow_growth=True"):
+        build()
+    schedule = build(allow_growth=True)
+    assert float(schedule(2_000)) > float(schedule(0)) == pytest.approx(0.01)
+
+
+def test_schedule_flags_are_booleans():
+    with pytest.raises(TypeError, match="staircase must be True or False; got 'no'"):
+        S.exponential_decay(0.1, 10, 0.5, staircase="no")
+    with pytest.raises(TypeError, match="allow_growth must be True or False; got 1"):
+        S.step_decay(0.1, 10, 0.5, allow_growth=1)

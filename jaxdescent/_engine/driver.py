@@ -74,7 +74,9 @@ def drive(
             chunks_run += 1
             if bar is not None:
                 bar.update(this)
-                bar.set_postfix(loss=_latest_loss(chunk_losses[..., :this]))
+                # the lowest latest loss over the runs, named for what it is
+                label = ("best_" if batched else "") + ("batch_loss" if batch_size else "loss")
+                bar.set_postfix({label: _latest_loss(chunk_losses[..., :this])})
             if path is not None and chunks_run % checkpoint_every == 0 and done_steps < steps:
                 _save(path, carry, losses, norms, done_steps, run_meta)
     finally:

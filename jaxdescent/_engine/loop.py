@@ -17,6 +17,7 @@ import optax
 
 from jaxdescent import data as data_lib
 from jaxdescent._engine.cache import cached, fingerprint, owner_ref
+from jaxdescent.losses import NLL
 from jaxdescent.results import Status
 
 # steps per while-loop iteration in batched mode (amortises the loop's own overhead)
@@ -52,15 +53,18 @@ def make_step(loss: Callable, optimizer: optax.GradientTransformation) -> Callab
     gradient norm are those at the *incoming* params. ``batch=None`` calls ``loss(params)``,
     otherwise ``loss(params, batch)``. The optimizer receives ``value_fn`` (the loss on
     this batch as a function of params), ``value`` and ``grad`` as extra arguments, which
-    second-order rules and line searches use (and optax's ``lbfgs``).
+    second-order rules and line searches use (and optax's ``lbfgs``); for a loss built by
+    :func:`jaxdescent.losses.nll`, also ``model_fn``, ``likelihood`` and ``targets``
+    (:meth:`jaxdescent.losses.NLL.rule_extras`), which Gauss-Newton rules use.
     """
     opt = as_extra_args(optimizer)
 
     def step(params, opt_state, batch=None):
         value_fn = loss if batch is None else functools.partial(_call_with_batch, loss, batch)
         value, grads = jax.value_and_grad(value_fn)(params)
+        extras = loss.rule_extras(batch) if isinstance(loss, NLL) and batch is not None else {}
         updates, opt_state = opt.update(
-            grads, opt_state, params, value_fn=value_fn, value=value, grad=grads
+            grads, opt_state, params, value_fn=value_fn, value=value, grad=grads, **extras
         )
         return optax.apply_updates(params, updates), opt_state, value, global_norm(grads)
 

@@ -13,6 +13,12 @@ from jaxdescent.optim.first_order import (
     rmsprop,
     sgd,
 )
+from jaxdescent.optim.least_squares import (
+    GaussNewtonState,
+    LevenbergMarquardtState,
+    gauss_newton,
+    levenberg_marquardt,
+)
 from jaxdescent.optim.line_search import BacktrackingLineSearchState, backtracking_line_search
 from jaxdescent.optim.second_order import (
     NewtonCGState,
@@ -27,6 +33,8 @@ __all__ = [
     "AdagradState",
     "AdamState",
     "BacktrackingLineSearchState",
+    "GaussNewtonState",
+    "LevenbergMarquardtState",
     "MomentumState",
     "NewtonCGState",
     "NewtonState",
@@ -37,6 +45,8 @@ __all__ = [
     "adam",
     "adamw",
     "backtracking_line_search",
+    "gauss_newton",
+    "levenberg_marquardt",
     "momentum",
     "newton",
     "newton_cg",

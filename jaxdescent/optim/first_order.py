@@ -8,6 +8,18 @@ learning rate. Extra arguments (such as ``value_fn``, passed by :func:`jaxdescen
 are accepted and ignored. The learning rate is a float or a schedule ``count -> value``;
 ``count`` is the number of updates made before this one. Every rule keeps the dtype of the
 parameters in its updates and state.
+
+**Hyperparameters are runtime values.** The numeric hyperparameters given as numbers (the
+learning rate, ``b1``, ``b2``, ``eps``, ``beta``, ``decay``, ``weight_decay``, ...) live in
+the last field of the state, ``state.hyperparams``, a dict of scalar arrays in the params'
+dtype, and ``update`` reads them from there. ``update`` itself closes over static choices
+only (a form, a flag, a learning-rate schedule), so ``adam(1e-3).update`` and
+``adam(3e-2).update`` trace to the same program: a loop over learning rates compiles once,
+and states with different values can be stacked and vmapped. Two exceptions stay fixed in
+``update``: a learning rate that is a schedule, and values given as JAX arrays (which is how
+``optax.inject_hyperparams`` passes its current values on every update; ``float(x)`` moves
+such a value to the state). Values used only by ``init`` (``initial_accumulator_value``,
+``initial_scale``) shape the initial state and are not kept.
 """
 
 from __future__ import annotations
@@ -25,13 +37,14 @@ from jaxdescent._checks import (
     check_unit_interval,
 )
 from jaxdescent.optim._common import (
+    check_flag,
     check_grads,
     checked_learning_rate,
-    full_like,
+    current_hyperparams,
     increment,
-    learning_rate_at,
+    initial_hyperparams,
     scale_like,
-    zeros_like,
+    split_hyperparams,
 )
 
 __all__ = [
@@ -50,40 +63,49 @@ __all__ = [
 
 
 class SgdState(NamedTuple):
-    """State of :func:`sgd`: the number of updates made."""
+    """State of :func:`sgd`: the number of updates made and the runtime hyperparameters."""
 
     count: jax.Array
+    hyperparams: dict[str, jax.Array]
 
 
 class MomentumState(NamedTuple):
-    """State of :func:`momentum`: update count and velocity ``v`` (same tree as params)."""
+    """State of :func:`momentum`: update count, velocity ``v`` (same tree as params) and the
+    runtime hyperparameters."""
 
     count: jax.Array
     velocity: Any
+    hyperparams: dict[str, jax.Array]
 
 
 class AdagradState(NamedTuple):
-    """State of :func:`adagrad`: update count and running sum of squared gradients."""
+    """State of :func:`adagrad`: update count, running sum of squared gradients and the
+    runtime hyperparameters."""
 
     count: jax.Array
     sum_of_squares: Any
+    hyperparams: dict[str, jax.Array]
 
 
 class RmspropState(NamedTuple):
-    """State of :func:`rmsprop`: count, EMA of g^2 (``nu``), of g (``mu``), momentum trace."""
+    """State of :func:`rmsprop`: count, EMA of g^2 (``nu``), of g (``mu``), momentum trace,
+    and the runtime hyperparameters."""
 
     count: jax.Array
     nu: Any
     mu: Any
     trace: Any
+    hyperparams: dict[str, jax.Array]
 
 
 class AdamState(NamedTuple):
-    """State of :func:`adam` and :func:`adamw`: count, first and second moment EMAs."""
+    """State of :func:`adam` and :func:`adamw`: count, first and second moment EMAs, and the
+    runtime hyperparameters."""
 
     count: jax.Array
     mu: Any
     nu: Any
+    hyperparams: dict[str, jax.Array]
 
 
 def _count() -> jax.Array:
@@ -93,7 +115,7 @@ def _count() -> jax.Array:
 def _c(value: Any, like: jax.Array) -> jax.Array:
     """A hyperparameter in the dtype of ``like``.
 
-    A NumPy float64 scalar or a float64 array (e.g. injected by ``optax.inject_hyperparams``
+    A float64 value (a NumPy scalar, or an array injected by ``optax.inject_hyperparams``
     under x64) would otherwise promote float32 state to float64, changing the state's type
     between steps (a retrace, or a ``lax.scan`` carry error).
     """
@@ -113,7 +135,8 @@ def sgd(learning_rate: optax.ScalarOrSchedule) -> optax.GradientTransformationEx
       learning_rate: step size ``alpha >= 0``, or a schedule ``count -> alpha``.
 
     Returns:
-      An optax transformation with state :class:`SgdState`.
+      An optax transformation with state :class:`SgdState`; ``state.hyperparams`` holds
+      ``learning_rate`` unless it is a schedule.
 
     Example:
       >>> import jax, jax.numpy as jnp, jaxdescent as jd
@@ -129,16 +152,17 @@ def sgd(learning_rate: optax.ScalarOrSchedule) -> optax.GradientTransformationEx
       Robbins and Monro, *A stochastic approximation method*, 1951.
     """
     checked_learning_rate(learning_rate)
+    schedule, pinned, runtime = split_hyperparams(learning_rate)
 
     def init(params):
-        del params
-        return SgdState(count=_count())
+        return SgdState(count=_count(), hyperparams=initial_hyperparams(runtime, params))
 
     def update(grads, state, params=None, **extra):
         check_grads(grads, params)
         del params, extra
-        lr = learning_rate_at(learning_rate, state.count)
-        return scale_like(grads, -lr), SgdState(count=increment(state.count))
+        hp = current_hyperparams(state.hyperparams, pinned, schedule, state.count)
+        new_state = SgdState(count=increment(state.count), hyperparams=state.hyperparams)
+        return scale_like(grads, -hp["learning_rate"]), new_state
 
     return optax.GradientTransformationExtraArgs(init, update)
 
@@ -149,7 +173,10 @@ _MOMENTUM_FORMS = ("ema", "classical", "nesterov")
 def momentum(
     learning_rate: optax.ScalarOrSchedule, beta: float = 0.9, form: str = "ema"
 ) -> optax.GradientTransformationExtraArgs:
-    r"""Gradient descent with momentum, in three common forms.
+    r"""Gradient descent with momentum. **The default form is the moving average**
+    ``v = beta v + (1 - beta) g``, not PyTorch's and optax's heavy ball ``v = beta v + g``:
+    ``momentum(lr / (1 - beta), beta)`` takes the same steps as
+    ``momentum(lr, beta, form="classical")`` (and as ``optax.sgd(lr, momentum=beta)``).
 
     ``form='ema'`` (exponential moving average of gradients, as in Andrew Ng's course notes):
 
@@ -163,14 +190,35 @@ def momentum(
 
     .. math:: v_t = \beta v_{t-1} + g_t, \qquad \theta_{t+1} = \theta_t - \alpha (g_t + \beta v_t)
 
-    ``v_0 = 0``. The EMA form has no bias correction: its first steps are shorter by a factor
-    ``1 - beta^t``. With the same ``alpha`` the classical form takes steps about
-    ``1 / (1 - beta)`` times longer than the EMA form.
+    ``v_0 = 0``. By induction the EMA velocity is ``(1 - beta)`` times the classical one, so
+    the EMA form with learning rate ``alpha / (1 - beta)`` is the classical form with
+    ``alpha``, step for step; with the *same* ``alpha`` the classical form's steps are about
+    ``1 / (1 - beta)`` times longer (10 times for ``beta = 0.9``). The EMA form has no bias
+    correction: its first steps are shorter by a factor ``1 - beta^t``.
 
     Args:
       learning_rate: step size ``alpha >= 0`` or a schedule.
       beta: momentum coefficient in ``[0, 1)``.
-      form: ``'ema'``, ``'classical'`` or ``'nesterov'``.
+      form: ``'ema'`` (default), ``'classical'`` or ``'nesterov'``.
+
+    Returns:
+      An optax transformation with state :class:`MomentumState`; ``state.hyperparams``
+      holds ``beta`` and ``learning_rate`` (unless it is a schedule).
+
+    Example:
+      >>> import jax, jax.numpy as jnp, jaxdescent as jd
+      >>> grad = jax.grad(lambda x: x ** 2)
+      >>> def run(opt, x=jnp.array(1.0)):
+      ...     state = opt.init(x)
+      ...     for _ in range(3):
+      ...         updates, state = opt.update(grad(x), state, x)
+      ...         x = x + updates
+      ...     return float(x)
+      >>> print(f"{run(jd.optim.momentum(0.1, beta=0.9)):.4f}")   # v_1 = 0.1 * 2, ...
+      0.8897
+      >>> classical = jd.optim.momentum(0.01, beta=0.9, form="classical")
+      >>> print(f"{run(classical):.4f}")                          # 0.01 = 0.1 * (1 - 0.9)
+      0.8897
 
     References:
       Polyak, *Some methods of speeding up the convergence of iteration methods*, 1964.
@@ -180,26 +228,35 @@ def momentum(
     checked_learning_rate(learning_rate)
     check_unit_interval("beta", beta)
     check_choice("form", form, _MOMENTUM_FORMS)
+    schedule, pinned, runtime = split_hyperparams(learning_rate, beta=beta)
 
     def init(params):
-        return MomentumState(count=_count(), velocity=zeros_like(params))
+        return MomentumState(
+            count=_count(),
+            velocity=optax.tree.zeros_like(params),
+            hyperparams=initial_hyperparams(runtime, params),
+        )
 
     def update(grads, state, params=None, **extra):
         check_grads(grads, params, state.velocity)
         del params, extra
-        lr = learning_rate_at(learning_rate, state.count)
+        hp = current_hyperparams(state.hyperparams, pinned, schedule, state.count)
+        b = hp["beta"]
         if form == "ema":
             velocity = jax.tree.map(
-                lambda v, g: _c(beta, v) * v + _c(1 - beta, g) * g, state.velocity, grads
+                lambda v, g: _c(b, v) * v + _c(1 - b, g) * g, state.velocity, grads
             )
             direction = velocity
         else:
-            velocity = jax.tree.map(lambda v, g: g + _c(beta, v) * v, state.velocity, grads)
+            velocity = jax.tree.map(lambda v, g: g + _c(b, v) * v, state.velocity, grads)
             direction = velocity
             if form == "nesterov":
-                direction = jax.tree.map(lambda v, g: g + _c(beta, v) * v, velocity, grads)
-        updates = scale_like(direction, -lr)
-        return updates, MomentumState(count=increment(state.count), velocity=velocity)
+                direction = jax.tree.map(lambda v, g: g + _c(b, v) * v, velocity, grads)
+        updates = scale_like(direction, -hp["learning_rate"])
+        new_state = MomentumState(
+            count=increment(state.count), velocity=velocity, hyperparams=state.hyperparams
+        )
+        return updates, new_state
 
     return optax.GradientTransformationExtraArgs(init, update)
 
@@ -220,8 +277,20 @@ def adagrad(
 
     Args:
       learning_rate: step size or schedule.
-      initial_accumulator_value: ``s_0 >= 0``.
+      initial_accumulator_value: ``s_0 >= 0`` (used by ``init`` only).
       eps: ``> 0``, keeps the division finite.
+
+    Returns:
+      An optax transformation with state :class:`AdagradState`; ``state.hyperparams``
+      holds ``eps`` and ``learning_rate`` (unless it is a schedule).
+
+    Example:
+      >>> import jax, jax.numpy as jnp, jaxdescent as jd
+      >>> opt = jd.optim.adagrad(0.5)
+      >>> x = jnp.array([1.0, -100.0])        # gradients 2 and -200
+      >>> updates, state = opt.update(jax.grad(lambda x: jnp.sum(x ** 2))(x), opt.init(x))
+      >>> [round(float(u), 3) for u in updates]   # -0.5 g / sqrt(0.1 + g^2): about -0.5 sign(g)
+      [-0.494, 0.5]
 
     References:
       Duchi, Hazan and Singer, *Adaptive subgradient methods for online learning and
@@ -230,25 +299,31 @@ def adagrad(
     checked_learning_rate(learning_rate)
     check_nonnegative("initial_accumulator_value", initial_accumulator_value)
     check_positive("eps", eps)
+    schedule, pinned, runtime = split_hyperparams(learning_rate, eps=eps)
 
     def init(params):
         return AdagradState(
-            count=_count(), sum_of_squares=full_like(params, initial_accumulator_value)
+            count=_count(),
+            sum_of_squares=optax.tree.full_like(params, initial_accumulator_value),
+            hyperparams=initial_hyperparams(runtime, params),
         )
 
     def update(grads, state, params=None, **extra):
         check_grads(grads, params, state.sum_of_squares)
         del params, extra
-        lr = learning_rate_at(learning_rate, state.count)
+        hp = current_hyperparams(state.hyperparams, pinned, schedule, state.count)
         sums = jax.tree.map(lambda s, g: s + g * g, state.sum_of_squares, grads)
         scaled = jax.tree.map(
-            lambda s, g: jnp.where(s > 0, jax.lax.rsqrt(s + _c(eps, s)), 0.0).astype(g.dtype) * g,
+            lambda s, g: (
+                jnp.where(s > 0, jax.lax.rsqrt(s + _c(hp["eps"], s)), 0.0).astype(g.dtype) * g
+            ),
             sums,
             grads,
         )
-        return scale_like(scaled, -lr), AdagradState(
-            count=increment(state.count), sum_of_squares=sums
+        new_state = AdagradState(
+            count=increment(state.count), sum_of_squares=sums, hyperparams=state.hyperparams
         )
+        return scale_like(scaled, -hp["learning_rate"]), new_state
 
     return optax.GradientTransformationExtraArgs(init, update)
 
@@ -280,9 +355,27 @@ def rmsprop(
       decay: ``rho`` in ``[0, 1)``.
       eps: ``> 0``.
       centered: normalise by the centred second moment.
-      momentum: ``None`` or a coefficient in ``[0, 1)``.
-      nesterov: Nesterov form of the momentum trace.
-      initial_scale: ``nu_0``.
+      momentum: ``None`` (no trace) or a coefficient in ``[0, 1)``.
+      nesterov: Nesterov form of the momentum trace; needs ``momentum``.
+      initial_scale: ``nu_0 >= 0`` (used by ``init`` only).
+
+    Returns:
+      An optax transformation with state :class:`RmspropState` (``mu`` is ``None`` unless
+      ``centered``, ``trace`` is ``None`` without ``momentum``); ``state.hyperparams`` holds
+      ``decay``, ``eps``, ``momentum`` when given and ``learning_rate`` (unless it is a
+      schedule).
+
+    Raises:
+      ValueError: ``nesterov=True`` without ``momentum`` (there is no trace to apply it to).
+      TypeError: ``centered`` or ``nesterov`` is not a bool.
+
+    Example:
+      >>> import jax, jax.numpy as jnp, jaxdescent as jd
+      >>> opt = jd.optim.rmsprop(0.01)
+      >>> x = jnp.array([1.0, -100.0])        # gradients 2 and -200
+      >>> updates, state = opt.update(jax.grad(lambda x: jnp.sum(x ** 2))(x), opt.init(x))
+      >>> [round(float(u), 4) for u in updates]   # -0.01 g / sqrt(0.1 g^2) = -0.01 sqrt(10) sign(g)
+      [-0.0316, 0.0316]
 
     References:
       Tieleman and Hinton, *Lecture 6.5 - rmsprop*, COURSERA: Neural Networks, 2012.
@@ -292,50 +385,63 @@ def rmsprop(
     check_unit_interval("decay", decay)
     check_positive("eps", eps)
     check_nonnegative("initial_scale", initial_scale)
-    if momentum is not None:
+    centered = check_flag("centered", centered)
+    nesterov = check_flag("nesterov", nesterov)
+    has_momentum = momentum is not None
+    if has_momentum:
         check_unit_interval("momentum", momentum)
+    elif nesterov:
+        raise ValueError(
+            "nesterov=True needs momentum, a coefficient in [0, 1) (e.g. momentum=0.9): "
+            "without a momentum trace there is nothing to apply Nesterov's form to; "
+            "got momentum=None"
+        )
+    schedule, pinned, runtime = split_hyperparams(
+        learning_rate, decay=decay, eps=eps, **({"momentum": momentum} if has_momentum else {})
+    )
 
     def init(params):
-        zeros = zeros_like(params)
+        zeros = optax.tree.zeros_like(params)
         return RmspropState(
             count=_count(),
-            nu=full_like(params, initial_scale),
+            nu=optax.tree.full_like(params, initial_scale),
             mu=zeros if centered else None,
-            trace=zeros if momentum is not None else None,
+            trace=zeros if has_momentum else None,
+            hyperparams=initial_hyperparams(runtime, params),
         )
 
     def update(grads, state, params=None, **extra):
         check_grads(grads, params, state.nu)
         del params, extra
-        lr = learning_rate_at(learning_rate, state.count)
-        nu = jax.tree.map(
-            lambda n, g: _c(1 - decay, g) * (g * g) + _c(decay, n) * n, state.nu, grads
-        )
+        hp = current_hyperparams(state.hyperparams, pinned, schedule, state.count)
+        rho, eps_ = hp["decay"], hp["eps"]
+        nu = jax.tree.map(lambda n, g: _c(1 - rho, g) * (g * g) + _c(rho, n) * n, state.nu, grads)
         if centered:
-            mu = jax.tree.map(
-                lambda m, g: _c(1 - decay, g) * g + _c(decay, m) * m, state.mu, grads
-            )
+            mu = jax.tree.map(lambda m, g: _c(1 - rho, g) * g + _c(rho, m) * m, state.mu, grads)
             scaled = jax.tree.map(
-                lambda g, n, m: g * jax.lax.rsqrt(n - m * m + _c(eps, n)), grads, nu, mu
+                lambda g, n, m: g * jax.lax.rsqrt(n - m * m + _c(eps_, n)), grads, nu, mu
             )
         else:
             mu = None
-            scaled = jax.tree.map(lambda g, n: g * jax.lax.rsqrt(n + _c(eps, n)), grads, nu)
-        updates = scale_like(scaled, -lr)
+            scaled = jax.tree.map(lambda g, n: g * jax.lax.rsqrt(n + _c(eps_, n)), grads, nu)
+        updates = scale_like(scaled, -hp["learning_rate"])
         trace = None
-        if momentum is not None:
-            trace = jax.tree.map(lambda u, b: u + _c(momentum, b) * b, updates, state.trace)
+        if has_momentum:
+            m = hp["momentum"]
+            trace = jax.tree.map(lambda u, b: u + _c(m, b) * b, updates, state.trace)
             updates = (
-                jax.tree.map(lambda u, b: u + _c(momentum, b) * b, updates, trace)
-                if nesterov
-                else trace
+                jax.tree.map(lambda u, b: u + _c(m, b) * b, updates, trace) if nesterov else trace
             )
-        return updates, RmspropState(count=increment(state.count), nu=nu, mu=mu, trace=trace)
+        new_state = RmspropState(
+            count=increment(state.count), nu=nu, mu=mu, trace=trace, hyperparams=state.hyperparams
+        )
+        return updates, new_state
 
     return optax.GradientTransformationExtraArgs(init, update)
 
 
-def _adam_direction(grads, state: AdamState, b1, b2, eps, eps_root):
+def _adam_direction(grads, state: AdamState, hp: dict[str, jax.Array]):
+    b1, b2 = hp["b1"], hp["b2"]
     mu = jax.tree.map(lambda m, g: _c(1 - b1, g) * g + _c(b1, m) * m, state.mu, grads)
     nu = jax.tree.map(lambda v, g: _c(1 - b2, g) * (g * g) + _c(b2, v) * v, state.nu, grads)
     count = increment(state.count)
@@ -347,12 +453,15 @@ def _adam_direction(grads, state: AdamState, b1, b2, eps, eps_root):
     direction = jax.tree.map(
         lambda m, v: (
             (m / correction1.astype(m.dtype))
-            / (jnp.sqrt(v / correction2.astype(v.dtype) + _c(eps_root, v)) + _c(eps, v))
+            / (
+                jnp.sqrt(v / correction2.astype(v.dtype) + _c(hp["eps_root"], v))
+                + _c(hp["eps"], v)
+            )
         ),
         mu,
         nu,
     )
-    return direction, AdamState(count=count, mu=mu, nu=nu)
+    return direction, AdamState(count=count, mu=mu, nu=nu, hyperparams=state.hyperparams)
 
 
 def _check_adam(learning_rate, b1, b2, eps, eps_root) -> None:
@@ -361,6 +470,18 @@ def _check_adam(learning_rate, b1, b2, eps, eps_root) -> None:
     check_unit_interval("b2", b2)
     check_positive("eps", eps)
     check_nonnegative("eps_root", eps_root)
+
+
+def _adam_init(runtime):
+    def init(params):
+        return AdamState(
+            count=_count(),
+            mu=optax.tree.zeros_like(params),
+            nu=optax.tree.zeros_like(params),
+            hyperparams=initial_hyperparams(runtime, params),
+        )
+
+    return init
 
 
 def adam(
@@ -385,22 +506,37 @@ def adam(
       eps: ``> 0``, added outside the square root (as in the paper, optax and PyTorch).
       eps_root: ``>= 0``, added inside it (useful when differentiating through the update).
 
+    Returns:
+      An optax transformation with state :class:`AdamState`; ``state.hyperparams`` holds
+      ``b1``, ``b2``, ``eps``, ``eps_root`` and ``learning_rate`` (unless it is a schedule).
+
+    Example:
+      The first step has length ``alpha`` in every coordinate, whatever the gradient's
+      scale (``m_1 / sqrt(v_1) = g / |g|``):
+
+      >>> import jax, jax.numpy as jnp, jaxdescent as jd
+      >>> opt = jd.optim.adam(0.1)
+      >>> x = jnp.array([1.0, -100.0])        # gradients 2 and -200
+      >>> updates, state = opt.update(jax.grad(lambda x: jnp.sum(x ** 2))(x), opt.init(x))
+      >>> [round(float(u), 4) for u in updates]
+      [-0.1, 0.1]
+
     References:
       Kingma and Ba, *Adam: A method for stochastic optimization*, ICLR 2015.
     """
     _check_adam(learning_rate, b1, b2, eps, eps_root)
-
-    def init(params):
-        return AdamState(count=_count(), mu=zeros_like(params), nu=zeros_like(params))
+    schedule, pinned, runtime = split_hyperparams(
+        learning_rate, b1=b1, b2=b2, eps=eps, eps_root=eps_root
+    )
 
     def update(grads, state, params=None, **extra):
         check_grads(grads, params, state.mu)
         del params, extra
-        lr = learning_rate_at(learning_rate, state.count)
-        direction, new_state = _adam_direction(grads, state, b1, b2, eps, eps_root)
-        return scale_like(direction, -lr), new_state
+        hp = current_hyperparams(state.hyperparams, pinned, schedule, state.count)
+        direction, new_state = _adam_direction(grads, state, hp)
+        return scale_like(direction, -hp["learning_rate"]), new_state
 
-    return optax.GradientTransformationExtraArgs(init, update)
+    return optax.GradientTransformationExtraArgs(_adam_init(runtime), update)
 
 
 def adamw(
@@ -420,23 +556,43 @@ def adamw(
     added to the gradient, so it is not rescaled by the adaptive denominator. As in optax
     (and unlike PyTorch, whose default is 0.01) the default is ``1e-4``.
 
+    Args:
+      learning_rate: step size or schedule.
+      b1, b2, eps, eps_root: as in :func:`adam`.
+      weight_decay: ``lambda >= 0``.
+
+    Returns:
+      An optax transformation with state :class:`AdamState`; ``state.hyperparams`` holds
+      :func:`adam`'s values and ``weight_decay``. ``update`` needs ``params``.
+
+    Example:
+      With a zero gradient only the decay acts: ``-alpha lambda theta``.
+
+      >>> import jax.numpy as jnp, jaxdescent as jd
+      >>> opt = jd.optim.adamw(0.1, weight_decay=0.5)
+      >>> x = jnp.array([2.0, -4.0])
+      >>> updates, state = opt.update(jnp.zeros(2), opt.init(x), x)
+      >>> [round(float(u), 4) for u in updates]
+      [-0.1, 0.2]
+
     References:
       Loshchilov and Hutter, *Decoupled weight decay regularization*, ICLR 2019.
     """
     _check_adam(learning_rate, b1, b2, eps, eps_root)
     check_nonnegative("weight_decay", weight_decay)
-
-    def init(params):
-        return AdamState(count=_count(), mu=zeros_like(params), nu=zeros_like(params))
+    schedule, pinned, runtime = split_hyperparams(
+        learning_rate, b1=b1, b2=b2, eps=eps, eps_root=eps_root, weight_decay=weight_decay
+    )
 
     def update(grads, state, params=None, **extra):
         del extra
         if params is None:
             raise ValueError("adamw needs params in update(grads, state, params)")
         check_grads(grads, params)
-        lr = learning_rate_at(learning_rate, state.count)
-        direction, new_state = _adam_direction(grads, state, b1, b2, eps, eps_root)
-        direction = jax.tree.map(lambda d, p: d + _c(weight_decay, p) * p, direction, params)
-        return scale_like(direction, -lr), new_state
+        hp = current_hyperparams(state.hyperparams, pinned, schedule, state.count)
+        direction, new_state = _adam_direction(grads, state, hp)
+        wd = hp["weight_decay"]
+        direction = jax.tree.map(lambda d, p: d + _c(wd, p) * p, direction, params)
+        return scale_like(direction, -hp["learning_rate"]), new_state
 
-    return optax.GradientTransformationExtraArgs(init, update)
+    return optax.GradientTransformationExtraArgs(_adam_init(runtime), update)

@@ -56,26 +56,37 @@ __all__ = [
 
 
 class NewtonState(NamedTuple):
-    """State of :func:`newton`: update count, and the damping and step size last used."""
+    """State of :func:`newton`: update count, the damping and step size last used, the trust
+    radius, the last gain ratio, how many trial steps the last update took, and the runtime
+    hyperparameters."""
 
     count: jax.Array
     damping: jax.Array
     step_size: jax.Array
+    radius: jax.Array
+    scale: jax.Array
+    rho: jax.Array
+    trials: jax.Array
+    hyperparams: dict[str, jax.Array]
 
 
 class SaddleFreeNewtonState(NamedTuple):
-    """State of :func:`saddle_free_newton`: update count and the step size last used."""
+    """State of :func:`saddle_free_newton`: update count, the step size last used and the
+    runtime hyperparameters."""
 
     count: jax.Array
     step_size: jax.Array
+    hyperparams: dict[str, jax.Array]
 
 
 class NewtonCGState(NamedTuple):
-    """State of :func:`newton_cg`: update count, CG iterations and step size last used."""
+    """State of :func:`newton_cg`: update count, CG iterations and step size last used, and
+    the runtime hyperparameters."""
 
     count: jax.Array
     cg_steps: jax.Array
     step_size: jax.Array
+    hyperparams: dict[str, jax.Array]
 
 
 def _check_params(rule: str, grads: Any, params: Any) -> None:
@@ -89,15 +100,46 @@ def _check_params(rule: str, grads: Any, params: Any) -> None:
     check_grads(grads, params)  # and leaf shapes
 
 
+def _work_dtype(dtype):
+    """The dtype the dense linear algebra runs in: float32 for half precision (LAPACK has
+    no float16/bfloat16 routines), else the params' own."""
+    return jnp.float32 if jnp.finfo(dtype).bits < 32 else dtype
+
+
 def _flat_problem(grads, params, value_fn):
-    """Flatten params and gradient; return ``(x, g, f, unravel)`` with ``f(x)`` the loss."""
-    x, unravel = ravel_pytree(params)
-    g = ravel_pytree(grads)[0].astype(x.dtype)
+    """Flatten params and gradient into the working dtype.
+
+    Returns ``(x, g, f, unravel, back)``: ``f(x)`` is the loss, ``unravel`` maps a flat
+    vector to a params-shaped tree, and ``back`` maps a flat *update* to the params' tree
+    and dtypes (half precision params are worked on in float32).
+    """
+    flat, unravel = ravel_pytree(params)
+    work = _work_dtype(flat.dtype)
+    x = flat.astype(work)
+    g = ravel_pytree(grads)[0].astype(work)
+
+    def to_tree(v):
+        return unravel(v.astype(flat.dtype))
 
     def f(v):
-        return value_fn(unravel(v))
+        return (
+            jnp.asarray(value_fn(to_tree(v)), work) if work != flat.dtype else value_fn(unravel(v))
+        )
 
-    return x, g, f, unravel
+    return x, g, f, to_tree, to_tree
+
+
+def _loss_change(f, x, extra, unravel):
+    """``v -> L(v) - L(x)``; for a loss built by ``jd.losses.nll`` (extras given) summed
+    example by example over the output-dependent part of the log-likelihood, so constants
+    such as ``log(2 pi)/2`` cancel exactly (see :mod:`jaxdescent.optim.least_squares`)."""
+    model_fn, likelihood, targets = (extra.get(k) for k in ("model_fn", "likelihood", "targets"))
+    if model_fn is not None and likelihood is not None and targets is not None:
+        from jaxdescent.optim.least_squares import _change
+
+        return _change(likelihood, targets, lambda v: model_fn(unravel(v)), x)
+    value = f(x)
+    return lambda v: f(v) - value
 
 
 def _finite(*arrays) -> jax.Array:
@@ -124,10 +166,10 @@ def _step_with_fallback(f, x, d, g, value, search: _Search | None):
     not finite. With a line search:
 
     1. the full step ``t = 1`` is taken if it meets the Armijo condition, or if it shrinks the
-       gradient norm while raising the loss by no more than rounding (``100 eps (1 + |L|)``):
-       close to a minimum the decrease Newton's step promises, about ``g^T H^{-1} g / 2``,
-       falls below the loss's rounding error (in float32 especially), and Armijo would
-       otherwise accept only steps too short to move the params;
+       gradient norm without raising the loss at all: close to a minimum the decrease
+       Newton's step promises, about ``g^T H^{-1} g / 2``, falls below the loss's rounding
+       error (in float32 especially), and Armijo would otherwise accept only steps too short
+       to move the params. A step that raises the loss is never taken;
     2. otherwise backtracking from ``t = shrink`` along ``d``;
     3. if that fails, backtracking along ``-g``; if that fails too, the update is zero.
     """
@@ -140,12 +182,11 @@ def _step_with_fallback(f, x, d, g, value, search: _Search | None):
     v_full = jnp.asarray(f(full), dtype)
     armijo_full = v_full <= value + search.c1 * slope
 
-    def within_rounding():
+    def no_rise():
         g_full = jax.grad(f)(full)
-        slack = 100 * jnp.finfo(dtype).eps * (1 + jnp.abs(value))
-        return (tree_vdot(g_full, g_full) < tree_vdot(g, g)) & (v_full <= value + slack)
+        return (tree_vdot(g_full, g_full) < tree_vdot(g, g)) & (v_full <= value)
 
-    unit = armijo_full | jax.lax.cond(armijo_full, lambda: jnp.zeros([], bool), within_rounding)
+    unit = armijo_full | jax.lax.cond(armijo_full, lambda: jnp.zeros([], bool), no_rise)
     kw = {"shrink": search.shrink, "c1": search.c1, "max_steps": search.max_steps}
     t, found = armijo_step(f, x, d, value, slope, initial_step=search.shrink, active=~unit, **kw)
     found = found | unit
@@ -201,44 +242,215 @@ def _levenberg_direction(h, g, damping, factor, max_tries):
     return d, mu, ok
 
 
+def _trust_region_step(lam, q, g, radius, iterations: int = 50):
+    """Solve ``min_d g.d + d.H d / 2`` s.t. ``||d|| <= radius`` from ``H = Q diag(lam) Q^T``.
+
+    The solution is ``d(mu) = -(H + mu I)^{-1} g`` with the smallest ``mu >= max(0,
+    -lam_min)`` giving ``||d|| <= radius`` (Moré and Sorensen 1983): ``mu = 0`` when ``H`` is
+    positive definite and the Newton step fits, else the root of the secular equation
+    ``1/radius - 1/||d(mu)|| = 0``, found by Newton's method from below (the function is
+    concave and increasing, so the iterates do not overshoot). In the *hard case*, where
+    ``g`` has no component along the lowest eigenvector and ``||d(-lam_min)|| < radius``, the
+    step is completed along that eigenvector to the boundary. Returns ``(d, mu, exact)``,
+    ``exact`` telling that ``(H + mu I) d = -g`` holds (not in the hard case).
+    """
+    dtype = g.dtype
+    gt = q.T @ g
+    scale = jnp.maximum(jnp.max(jnp.abs(lam)), jnp.finfo(dtype).tiny)
+    eps = jnp.finfo(dtype).eps
+    low = jnp.maximum(0.0, -lam[0])
+    # a shift that keeps lam + mu safely positive at the lower end; and since
+    # ||d(mu)|| <= ||g|| / (lam_min + mu), no root lies below ||g|| / radius - lam_max
+    floor = low + jnp.sqrt(eps) * scale * (lam[0] <= jnp.sqrt(eps) * scale)
+    floor = jnp.maximum(floor, jnp.linalg.norm(g) / radius - lam[-1])
+
+    def norm2(mu):
+        return jnp.sum(gt**2 / (lam + mu) ** 2)
+
+    def body(_, mu):
+        z2 = norm2(mu)
+        znorm = jnp.sqrt(z2)
+        qsum = jnp.sum(gt**2 / (lam + mu) ** 3)
+        step = (1.0 / radius - 1.0 / znorm) * znorm**3 / jnp.where(qsum > 0, qsum, 1.0)
+        moved = jnp.where(jnp.isfinite(step), mu + step, 2.0 * mu + scale)
+        return jnp.where((znorm > radius) & (qsum > 0), moved, mu)
+
+    newton_fits = (lam[0] > jnp.sqrt(eps) * scale) & (norm2(0.0) <= radius**2)
+    mu = jnp.where(newton_fits, 0.0, floor)
+    interior_hard = ~newton_fits & (norm2(floor) <= radius**2)
+    mu = jnp.where(newton_fits | interior_hard, mu, jax.lax.fori_loop(0, iterations, body, mu))
+    d = -(q @ (gt / (lam + mu)))
+    # hard case: step to the boundary along the lowest eigenvector
+    partial = jnp.where(lam + low > jnp.sqrt(eps) * scale, gt / (lam + low), 0.0)
+    d_hard = -(q @ partial)
+    tau = jnp.sqrt(jnp.maximum(radius**2 - jnp.vdot(d_hard, d_hard), 0.0))
+    direction = q[:, 0] * jnp.where(jnp.vdot(g, q[:, 0]) > 0, -1.0, 1.0)
+    d = jnp.where(interior_hard, d_hard + tau * direction, d)
+    mu = jnp.where(interior_hard, low, mu)
+    # last resort (overflow): the steepest-descent step to the boundary
+    gnorm = jnp.linalg.norm(g)
+    cauchy = -g * (radius / jnp.where(gnorm > 0, gnorm, 1.0))
+    good = _finite(d, mu)
+    exact = good & ~interior_hard  # then d solves (H + mu I) d = -g
+    return jnp.where(good, d, cauchy), jnp.where(good, mu, 0.0), exact
+
+
+def _trust_region_update(f, x, g, h, value, state, hp, *, max_trials, change, scaled):
+    """One trust-region Newton update (Nocedal and Wright, Algorithm 4.1): trial steps with a
+    shrinking radius until one lowers the loss with gain ratio above ``eta``.
+
+    With ``scaled`` the region is ``||D d|| <= Delta``, ``D`` the running maximum of
+    ``sqrt(|diag H|)`` (Moré's scaling), so parameters of very different sizes are treated
+    alike; the subproblem is solved in ``z = D d``.
+    """
+    dtype = x.dtype
+    first = state.count == 0
+    if scaled:
+        root = jnp.sqrt(jnp.abs(jnp.diagonal(h)))
+        scale = jnp.where(first, root, jnp.maximum(state.scale.astype(dtype), root))
+        scale = jnp.where((scale > 0) & jnp.isfinite(scale), scale, 1.0)
+    else:
+        scale = jnp.ones_like(x)
+    hs = h / jnp.outer(scale, scale)
+    gs = g / scale
+    lam, q = jnp.linalg.eigh(hs)
+    finite = _finite(lam, q)
+    lam = jnp.where(finite, lam, 1.0)
+    q = jnp.where(finite, q, jnp.eye(x.size, dtype=dtype))
+    # default first radius (initial_radius=None, stored as 0): the Newton step's own length
+    # where H is positive definite (so a quadratic is solved in one step), else 1
+    gt = q.T @ gs
+    newton_len = jnp.sqrt(jnp.sum(gt**2 / jnp.where(lam > 0, lam, 1.0) ** 2))
+    auto = jnp.where((lam[0] > 0) & jnp.isfinite(newton_len) & (newton_len > 0), newton_len, 1.0)
+    given = hp["initial_radius"].astype(dtype)
+    start = jnp.where(given > 0, given, auto)
+    state_radius = state.radius.astype(dtype)
+    radius0 = jnp.where(first | ~(state_radius > 0), start, state_radius)
+    eta = hp["eta"].astype(dtype)
+    gnorm2 = jnp.vdot(g, g)
+    loss_now = f(x) if value is None else jnp.asarray(value, dtype)
+    noise = 16.0 * jnp.finfo(dtype).eps * jnp.abs(loss_now)
+
+    def trial(radius):
+        z, mu, exact = _trust_region_step(lam, q, gs, radius)
+        d = z / scale
+        # the model's decrease; for an exact solution of (H + mu I) d = -g it equals
+        # sum (lam_i + 2 mu) zt_i^2 / 2, free of the cancellation in -(g.d + d.H d / 2)
+        zt = q.T @ z
+        predicted = jnp.where(
+            exact,
+            0.5 * jnp.sum((lam + 2.0 * mu) * zt**2),
+            -(jnp.vdot(g, d) + 0.5 * jnp.vdot(d, h @ d)),
+        )
+        actual = -change(x + d)
+        rho = actual / jnp.where(predicted > 0, predicted, 1.0)
+        ok = _finite(d) & jnp.isfinite(actual) & (predicted > 0)
+        by_ratio = ok & (actual > 0) & (rho > eta)
+        # a promised decrease within the loss's rounding (float32 near a minimum): the ratio
+        # is noise, so judge the step by the gradient instead
+        quiet = ok & (predicted <= noise)
+
+        def flat():  # a step that does not raise the loss and shrinks the gradient
+            g_new = jax.grad(f)(x + d)
+            return (actual >= 0) & (jnp.vdot(g_new, g_new) < gnorm2) & _finite(g_new)
+
+        maybe = ok & ~by_ratio & (quiet | (actual == 0))
+        accept = by_ratio | jax.lax.cond(maybe, flat, lambda: False)
+        return d, mu, rho, accept, jnp.linalg.norm(z), quiet
+
+    def cond(s):
+        return ~s[3] & (s[4] < max_trials)
+
+    def body(s):
+        radius, _, _, _, i, _, _ = s
+        d, mu, rho, accept, size, quiet = trial(radius)
+        on_edge = size >= 0.99 * radius
+        grown = jnp.where((rho > 0.75) & on_edge, 2.0 * radius, radius)
+        grown = jnp.where(rho < 0.25, 0.5 * size, grown)
+        # in rounding noise the ratio says nothing about the model: keep the region's size
+        grown = jnp.where(quiet, jnp.maximum(radius, radius0), grown)
+        shrunk = 0.5 * jnp.where(size > 0, size, radius)
+        next_radius = jnp.where(accept, grown, shrunk)
+        next_radius = jnp.clip(next_radius, jnp.finfo(dtype).tiny, hp["max_radius"].astype(dtype))
+        return next_radius, jnp.where(accept, d, 0.0), mu, accept, i + 1, rho, radius
+
+    start = (
+        radius0,
+        jnp.zeros_like(x),
+        jnp.zeros([], dtype),
+        jnp.zeros([], bool),
+        jnp.zeros([], jnp.int32),
+        jnp.zeros([], dtype),
+        radius0,
+    )
+    radius, step, mu, accept, trials, rho, _ = jax.lax.while_loop(cond, body, start)
+    return step, mu, radius, rho, trials, accept, scale
+
+
 def newton(
     damping: float = 0.0,
-    line_search: bool = True,
+    line_search: bool | None = None,
     *,
+    initial_radius: float | None = None,
+    max_radius: float = 1e10,
+    eta: float = 1e-4,
+    max_trials: int = 50,
+    scaled: bool = True,
     damping_factor: float = 10.0,
     max_damping_steps: int = 30,
     shrink: float = 0.5,
     c1: float = 1e-4,
     max_line_search_steps: int = 50,
 ) -> optax.GradientTransformationExtraArgs:
-    r"""Newton's method with the exact Hessian, Levenberg damping and Armijo backtracking.
+    r"""Newton's method with the exact Hessian: trust region (default), line search, textbook.
 
-    .. math::
-       (H + \mu I)\, d = -g, \qquad \theta_{t+1} = \theta_t + \alpha\, d,
+    The model of the loss around ``theta`` is its second-order Taylor expansion
+    ``m(d) = L + g^T d + d^T H d / 2``, with ``H = jax.hessian`` of ``value_fn`` on the
+    flattened params (``ravel_pytree``). Three ways to use it:
 
-    with ``H = jax.hessian`` of ``value_fn`` on the flattened params (``ravel_pytree``), solved
-    by Cholesky. ``mu`` starts at ``damping``; when ``H + mu I`` is not positive definite
-    (the Cholesky factor is NaN) ``mu`` is raised, ``mu <- max(damping_factor * mu,
-    1e-3 max|H_ij|)``, until it is (Levenberg), so ``d`` is always a descent direction. With
-    ``line_search=True``, ``alpha`` is the first of ``1, 1/2, 1/4, ...`` meeting the Armijo
-    condition on ``value_fn`` (Nocedal and Wright's Algorithm 3.1); otherwise ``alpha = 1``.
-    No learning rate is needed: near a minimum the full step is accepted and convergence is
-    quadratic. (Where the decrease the step promises is below the loss's rounding error, as
-    happens close to a minimum in float32, the full step is also taken when it shrinks the
-    gradient norm and changes the loss by no more than rounding.)
+    - **Trust region** (``line_search=None``, the default): minimise ``m`` within a ball,
 
-    ``damping=0.0, line_search=False`` is the *textbook* update ``theta - H^{-1} g`` by a plain
-    linear solve, with no safeguard: on an indefinite Hessian it steps to the saddle point or
-    maximum of the quadratic model, which is why the safeguards exist.
+      .. math::
+         d = \arg\min_{\|d\| \le \Delta} m(d) = -(H + \mu I)^{-1} g, \qquad
+         \rho = \frac{L(\theta) - L(\theta + d)}{m(0) - m(d)},
 
-    If no step can be computed (a non-finite solve, e.g. a singular Hessian in the textbook
-    form, or a failed line search) the update falls back to a (searched) gradient step, so
-    it is never NaN. The Hessian costs ``n^2`` memory and its factorisation ``n^3`` time, for
-    ``n`` parameters: use :func:`newton_cg` beyond a few thousand.
+      solved exactly from the eigendecomposition ``H = Q \Lambda Q^T`` (the smallest
+      ``mu >= max(0, -lambda_min)`` with ``||d|| <= Delta``, Moré and Sorensen's secular
+      equation, hard case included), so negative curvature is *used*, not just avoided. The
+      step is taken only if ``rho > eta`` and the loss goes down; ``Delta`` grows (doubles)
+      after a good step on the boundary, shrinks to ``||d|| / 4`` after a poor one, and
+      rejected steps are retried with a smaller ball, up to ``max_trials`` per update. **A
+      step that raises the loss is never taken.** (In floating point close to a minimum,
+      where the loss change is below rounding, a step that leaves the loss unchanged and
+      shrinks the gradient is taken.)
+    - **Line search** (``line_search=True``): ``(H + mu I) d = -g`` by Cholesky with Levenberg
+      damping ``mu`` raised from ``damping`` until ``H + mu I`` is positive definite, then
+      Armijo backtracking on ``value_fn`` from the full step (Nocedal and Wright's
+      Algorithm 3.1), falling back to a searched gradient step.
+    - **Textbook** (``damping=0.0, line_search=False``): ``theta - H^{-1} g`` by a plain linear
+      solve, with no safeguard: on an indefinite Hessian it steps to the saddle point or
+      maximum of the quadratic model, which is why the safeguards exist. With
+      ``damping > 0`` and ``line_search=False`` the Levenberg-damped step is taken in full.
+
+    No learning rate is needed: near a minimum the full Newton step is accepted and
+    convergence is quadratic. The Hessian costs ``n^2`` memory and its factorisation ``n^3``
+    time for ``n`` parameters: use :func:`newton_cg` beyond a few thousand. Float16 and
+    bfloat16 parameters are handled in float32 inside (LAPACK has no half precision). The
+    update is never non-finite from finite inputs.
 
     Args:
-      damping: initial Levenberg damping ``mu >= 0``.
-      line_search: backtrack on ``value_fn`` (Armijo) from the full Newton step.
+      damping: Levenberg damping ``mu >= 0`` (line-search and textbook forms; runtime).
+      line_search: ``None`` for the trust region, ``True`` for the line search, ``False`` for
+        full steps.
+      initial_radius: the first trust radius ``Delta_0 > 0`` (runtime); ``None``: the length
+        of the first Newton step when ``H`` is positive definite there (so a quadratic is
+        solved in one step), else 1.
+      max_radius: the largest trust radius (runtime).
+      eta: the smallest gain ratio accepted, in ``[0, 1/4)`` (runtime).
+      max_trials: most trial steps per trust-region update.
+      scaled: measure the trust region as ``||D d||`` with ``D`` the running maximum of
+        ``sqrt(|diag H|)`` (Moré's scaling), so parameters of very different magnitudes are
+        stepped alike; ``False``: the plain ball ``||d||``.
       damping_factor: factor (``> 1``) by which ``mu`` grows after a failed factorisation.
       max_damping_steps: most damping increases per update.
       shrink, c1, max_line_search_steps: the line search's step factor in ``(0, 1)``,
@@ -255,46 +467,94 @@ def newton(
       (1, [-1.3333, -0.3333])
 
     References:
-      Nocedal and Wright, *Numerical Optimization*, 2nd ed., 2006, Sections 3.3 and 3.4.
-      Levenberg, *A method for the solution of certain non-linear problems in least
-      squares*, Quarterly of Applied Mathematics, 1944.
+      Nocedal and Wright, *Numerical Optimization*, 2nd ed., 2006, Chapter 4 (trust regions,
+      Algorithms 4.1 and 4.3) and Sections 3.3-3.4. Moré and Sorensen, *Computing a trust
+      region step*, SIAM J. Sci. Stat. Comput. 4(3), 1983. Conn, Gould and Toint,
+      *Trust-Region Methods*, SIAM, 2000. Levenberg, *A method for the solution of certain
+      non-linear problems in least squares*, Quarterly of Applied Mathematics, 1944.
     """
     check_nonnegative("damping", damping)
+    if line_search is not None and not isinstance(line_search, bool):
+        raise TypeError(f"line_search must be None, True or False; got {line_search!r}")
     check_real("damping_factor", damping_factor)
     if float(damping_factor) <= 1.0:
         raise ValueError(f"damping_factor must be > 1; got {damping_factor!r}")
     max_damping_steps = check_int("max_damping_steps", max_damping_steps, minimum=1)
-    search = _check_search(line_search, shrink, c1, max_line_search_steps)
-    textbook = float(damping) == 0.0 and not line_search
+    if initial_radius is not None:
+        check_positive("initial_radius", initial_radius)
+    check_positive("max_radius", max_radius)
+    check_nonnegative("eta", eta)
+    if float(eta) >= 0.25:
+        raise ValueError(f"eta must be in [0, 0.25); got {eta!r}")
+    max_trials = check_int("max_trials", max_trials, minimum=1)
+    if not isinstance(scaled, bool):
+        raise TypeError(f"scaled must be True or False; got {scaled!r}")
+    search = _check_search(bool(line_search), shrink, c1, max_line_search_steps)
+    values = {
+        "damping": damping,
+        "damping_factor": damping_factor,
+        "initial_radius": 0.0 if initial_radius is None else initial_radius,
+        "max_radius": max_radius,
+        "eta": eta,
+        "shrink": shrink,
+        "c1": c1,
+    }
 
     def init(params):
-        dtype = tree_dtype(params)
+        dtype = _work_dtype(tree_dtype(params))
         return NewtonState(
             count=jnp.zeros([], jnp.int32),
             damping=jnp.asarray(damping, dtype),
             step_size=jnp.zeros([], dtype),
+            radius=jnp.zeros([], dtype),
+            scale=jnp.zeros([ravel_pytree(params)[0].size], dtype),
+            rho=jnp.zeros([], dtype),
+            trials=jnp.zeros([], jnp.int32),
+            hyperparams={k: jnp.asarray(v, dtype) for k, v in values.items()},
         )
 
     def update(grads, state, params=None, *, value_fn=None, value=None, grad=None, **extra):
-        del grad, extra
+        del grad
         if value_fn is None:
             raise missing_value_fn("newton")
         _check_params("newton", grads, params)
-        x, g, f, unravel = _flat_problem(grads, params, value_fn)
+        x, g, f, unravel, back = _flat_problem(grads, params, value_fn)
+        hp = {k: v.astype(x.dtype) for k, v in state.hyperparams.items()}
         h = _symmetric_hessian(f, x)
-        if textbook:
-            d = -jnp.linalg.solve(h, g)
-            mu, ok = jnp.zeros([], x.dtype), _finite(d)
+        radius, rho = state.radius.astype(x.dtype), jnp.zeros([], x.dtype)
+        trials, scale = jnp.zeros([], jnp.int32), state.scale
+        if line_search is None:
+            change = _loss_change(f, x, extra, unravel)
+            step, mu, radius, rho, trials, accepted, scale = _trust_region_update(
+                f, x, g, h, value, state, hp,
+                max_trials=max_trials, change=change, scaled=scaled,
+            )  # fmt: skip
+            t = accepted.astype(x.dtype)
         else:
-            d, mu, ok = _levenberg_direction(h, g, damping, damping_factor, max_damping_steps)
-        d = jnp.where(ok, d, -g)
-        step, t = _step_with_fallback(f, x, d, g, value, search)
+            d, mu, ok = _levenberg_direction(
+                h, g, hp["damping"], hp["damping_factor"], max_damping_steps
+            )
+            if not line_search:  # textbook when damping is 0: a plain solve, no safeguard
+                plain = -jnp.linalg.solve(h, g)
+                textbook = hp["damping"] == 0
+                d = jnp.where(textbook, plain, d)
+                ok = jnp.where(textbook, _finite(plain), ok)
+                mu = jnp.where(textbook, 0.0, mu)
+            d = jnp.where(ok, d, -g)
+            sch = None if search is None else search._replace(shrink=hp["shrink"], c1=hp["c1"])
+            step, t = _step_with_fallback(f, x, d, g, value, sch)
+        step = jnp.where(_finite(step), step, jnp.zeros_like(step))
         new_state = NewtonState(
             count=increment(state.count),
             damping=mu.astype(state.damping.dtype),
             step_size=t.astype(state.step_size.dtype),
+            radius=radius.astype(state.radius.dtype),
+            scale=scale.astype(state.scale.dtype),
+            rho=rho.astype(state.rho.dtype),
+            trials=trials,
+            hyperparams=state.hyperparams,
         )
-        return unravel(step), new_state
+        return back(step), new_state
 
     return optax.GradientTransformationExtraArgs(init, update)
 
@@ -343,10 +603,14 @@ def saddle_free_newton(
     """
     check_positive("damping", damping)
     search = _check_search(line_search, shrink, c1, max_line_search_steps)
+    values = {"damping": damping, "shrink": shrink, "c1": c1}
 
     def init(params):
+        dtype = _work_dtype(tree_dtype(params))
         return SaddleFreeNewtonState(
-            count=jnp.zeros([], jnp.int32), step_size=jnp.zeros([], tree_dtype(params))
+            count=jnp.zeros([], jnp.int32),
+            step_size=jnp.zeros([], dtype),
+            hyperparams={k: jnp.asarray(v, dtype) for k, v in values.items()},
         )
 
     def update(grads, state, params=None, *, value_fn=None, value=None, grad=None, **extra):
@@ -354,17 +618,21 @@ def saddle_free_newton(
         if value_fn is None:
             raise missing_value_fn("saddle_free_newton")
         _check_params("saddle_free_newton", grads, params)
-        x, g, f, unravel = _flat_problem(grads, params, value_fn)
+        x, g, f, _, back = _flat_problem(grads, params, value_fn)
+        hp = {k: v.astype(x.dtype) for k, v in state.hyperparams.items()}
         h = _symmetric_hessian(f, x)
         eigenvalues, q = jnp.linalg.eigh(h)
-        scale = jnp.maximum(jnp.abs(eigenvalues), jnp.asarray(damping, x.dtype))
+        scale = jnp.maximum(jnp.abs(eigenvalues), hp["damping"])
         d = -(q @ ((q.T @ g) / scale))
         d = jnp.where(_finite(d) & (jnp.vdot(g, d) <= 0), d, -g)
-        step, t = _step_with_fallback(f, x, d, g, value, search)
+        sch = None if search is None else search._replace(shrink=hp["shrink"], c1=hp["c1"])
+        step, t = _step_with_fallback(f, x, d, g, value, sch)
         new_state = SaddleFreeNewtonState(
-            count=increment(state.count), step_size=t.astype(state.step_size.dtype)
+            count=increment(state.count),
+            step_size=t.astype(state.step_size.dtype),
+            hyperparams=state.hyperparams,
         )
-        return unravel(step), new_state
+        return back(step), new_state
 
     return optax.GradientTransformationExtraArgs(init, update)
 
@@ -380,8 +648,7 @@ def _steihaug_cg(hvp, g, *, max_steps, tol, damping):
     dtype = tree_dtype(g)
 
     def mat(v):
-        hv = hvp(v)
-        return hv if damping == 0 else tree_axpy(damping, v, hv)
+        return tree_axpy(damping, v, hvp(v))
 
     zeros = jax.tree.map(jnp.zeros_like, g)
     neg_g = jax.tree.map(jnp.negative, g)
@@ -491,6 +758,7 @@ def newton_cg(
         raise ValueError(f"cg_tol must be in (0, 1]; got {cg_tol!r}")
     check_nonnegative("damping", damping)
     search = _check_search(line_search, shrink, c1, max_line_search_steps)
+    values = {"cg_tol": cg_tol, "damping": damping, "shrink": shrink, "c1": c1}
 
     def init(params):
         dtype = tree_dtype(params)
@@ -498,6 +766,7 @@ def newton_cg(
             count=jnp.zeros([], jnp.int32),
             cg_steps=jnp.zeros([], jnp.int32),
             step_size=jnp.zeros([], dtype),
+            hyperparams={k: jnp.asarray(v, dtype) for k, v in values.items()},
         )
 
     def update(grads, state, params=None, *, value_fn=None, value=None, grad=None, **extra):
@@ -508,14 +777,21 @@ def newton_cg(
         dtype = tree_dtype(params)
         grads = jax.tree.map(lambda g, p: g.astype(p.dtype), grads, params)
         _, hvp = jax.linearize(jax.grad(value_fn), params)
+        hp = {k: v.astype(dtype) for k, v in state.hyperparams.items()}
         gnorm = jnp.sqrt(tree_vdot(grads, grads)).astype(dtype)
-        tol = jnp.minimum(jnp.asarray(cg_tol, dtype), jnp.sqrt(gnorm)) * gnorm
-        d, cg_steps = _steihaug_cg(hvp, grads, max_steps=max_cg_steps, tol=tol, damping=damping)
+        tol = jnp.minimum(hp["cg_tol"], jnp.sqrt(gnorm)) * gnorm
+        d, cg_steps = _steihaug_cg(
+            hvp, grads, max_steps=max_cg_steps, tol=tol, damping=hp["damping"]
+        )
         ok = _finite(*jax.tree.leaves(d))
         d = jax.tree.map(lambda a, g: jnp.where(ok, a, -g), d, grads)
-        step, t = _step_with_fallback(value_fn, params, d, grads, value, search)
+        sch = None if search is None else search._replace(shrink=hp["shrink"], c1=hp["c1"])
+        step, t = _step_with_fallback(value_fn, params, d, grads, value, sch)
         new_state = NewtonCGState(
-            count=increment(state.count), cg_steps=cg_steps, step_size=t.astype(dtype)
+            count=increment(state.count),
+            cg_steps=cg_steps,
+            step_size=t.astype(dtype),
+            hyperparams=state.hyperparams,
         )
         return step, new_state
 
