@@ -13,6 +13,7 @@ from collections.abc import Callable
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 
@@ -82,6 +83,13 @@ def check_int(name: str, value: Any, *, minimum: int | None = None) -> int:
     return int(value)
 
 
+def check_bool(name: str, value: Any) -> bool:
+    """A flag must be a bool (a string such as ``"no"`` is truthy and would be misread)."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name} must be True or False; got {value!r} ({type(value).__name__})")
+    return bool(value)
+
+
 def check_choice(name: str, value: Any, choices: tuple[str, ...]) -> str:
     if value not in choices:
         listed = ", ".join(repr(c) for c in choices)
@@ -101,12 +109,28 @@ def check_float_tree(name: str, tree: Any) -> None:
     if not leaves:
         raise ValueError(f"{name} must contain at least one array; got an empty pytree {tree!r}")
     for path, leaf in leaves:
+        where = jax.tree_util.keystr(path) or "(the root)"
         dtype = getattr(leaf, "dtype", None)
+        if dtype is None and (callable(leaf) or isinstance(leaf, (str, bytes))):
+            raise TypeError(
+                f"{name} must hold only arrays to optimise; leaf {where} is a "
+                f"{type(leaf).__name__} ({leaf!r:.60}). For an Equinox or Flax NNX model, split "
+                "the arrays from the rest first: params, static = eqx.partition(model, "
+                "eqx.is_inexact_array) (or nnx.split) and rebuild it inside the loss"
+            )
         if dtype is None:
             dtype = np.asarray(leaf).dtype
-        if not np.issubdtype(dtype, np.floating):
-            where = jax.tree_util.keystr(path) or "(the root)"
+        if not jnp.issubdtype(dtype, jnp.floating):
+            hint = (
+                "If it is a counter or PRNG state of an Equinox/NNX model, filter it out "
+                "(eqx.partition(model, eqx.is_inexact_array), or nnx.split) instead of "
+                "converting it"
+                if jnp.issubdtype(dtype, jnp.integer)
+                or jnp.issubdtype(dtype, jax.dtypes.prng_key)
+                or dtype == np.bool_
+                else "Convert it, e.g. with .astype(jnp.float32)"
+            )
             raise TypeError(
-                f"{name} must have floating-point leaves (float32 or float64); "
-                f"leaf {where} has dtype {dtype}. Convert it, e.g. with .astype(jnp.float32)"
+                f"{name} must have floating-point leaves (float32, float64, bfloat16, ...); "
+                f"leaf {where} has dtype {dtype}. {hint}"
             )

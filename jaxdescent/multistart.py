@@ -9,6 +9,7 @@ axis over the devices when there are several.
 from __future__ import annotations
 
 import functools
+import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -17,10 +18,18 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from jaxdescent._checks import check_callable, check_int, check_nonnegative
+from jaxdescent._checks import check_bool, check_callable, check_int, check_nonnegative
 from jaxdescent._engine.cache import cached, owner_ref
-from jaxdescent._engine.checks import as_key, check_optimizer, check_problem, device_mesh
-from jaxdescent._engine.driver import check_chunk, drive
+from jaxdescent._engine.checks import (
+    as_key,
+    aux_at,
+    check_optimizer,
+    check_problem,
+    check_record_every,
+    device_mesh,
+    scalar_loss,
+)
+from jaxdescent._engine.driver import check_chunk, drive, warn_nonfinite
 from jaxdescent._engine.loop import init_carry
 from jaxdescent.optim._common import check_hyperparam
 from jaxdescent.results import Minima, MultistartResult
@@ -30,6 +39,7 @@ __all__ = ["Minima", "MultistartResult", "distinct_minima", "multistart", "resta
 
 def restart_keys(key: jax.Array, restarts: int) -> tuple[jax.Array, jax.Array]:
     """The ``(init_keys, fit_keys)`` that :func:`multistart` gives each restart."""
+    restarts = check_int("restarts", restarts, minimum=1)
     keys = jax.random.split(as_key(key), restarts)
     pairs = jax.vmap(jax.random.split)(keys)
     return pairs[:, 0], pairs[:, 1]
@@ -47,6 +57,10 @@ def multistart(
     batch_size: int | None = None,
     tol: float | None = None,
     hyperparams: Mapping[str, Any] | None = None,
+    has_aux: bool = False,
+    record_every: int | None = 1,
+    trace: int | None = None,
+    callback: Callable | None = None,
     chunk_size: int | None = None,
     progress: bool = False,
     shard: bool | None = None,
@@ -55,31 +69,50 @@ def multistart(
 
     Args:
       init: ``init(key) -> params`` draws one starting point (e.g. ``model.init``).
-      loss, optimizer, data, steps, batch_size, tol, chunk_size, progress: as in ``fit``.
-        With ``tol`` the program stops once every restart has converged or ended.
+      loss, optimizer, data, steps, batch_size, tol: as in ``fit``. With ``tol`` the
+        program stops once every restart has converged or ended.
+      has_aux, record_every, callback, chunk_size, progress: as in ``fit``.
+      trace: as in ``fit``; the trace has a leading restart axis, then the recorded steps.
       key: PRNG key; restart ``i`` uses ``init_keys[i]`` for its start and ``fit_keys[i]``
         for its batch order (:func:`restart_keys`).
       restarts: number of restarts.
       hyperparams: per-restart hyperparameter values, e.g. ``{"learning_rate": lrs}`` with
-        ``lrs.shape == (restarts,)``, for an optimizer built with
-        ``optax.inject_hyperparams``: a sweep in the same compiled program, no recompiling.
+        ``lrs.shape == (restarts,)``: a sweep in the same compiled program, no recompiling.
+        Every jaxdescent rule keeps its numeric hyperparameters in its state and can be swept
+        (``{"damping": ...}`` for ``newton``); an optax rule needs
+        ``optax.inject_hyperparams``. Schedules cannot be swept (an error says so).
       shard: split the restart axis over all local devices (default: when there are several
         and they divide ``restarts``).
 
     Returns:
       A :class:`MultistartResult` with ``best_index`` and ``best_params``.
     """
+    started = time.perf_counter()
     check_callable("init", init)
     check_optimizer(optimizer)
     restarts = check_int("restarts", restarts, minimum=1)
+    has_aux = check_bool("has_aux", has_aux)
+    progress = check_bool("progress", progress)
+    if shard is not None:
+        shard = check_bool("shard", shard)
+    if hyperparams is not None and not isinstance(hyperparams, Mapping):
+        raise TypeError(
+            "hyperparams must be a dict of per-restart values, e.g. {'learning_rate': lrs}; "
+            f"got {type(hyperparams).__name__} {hyperparams!r:.80}"
+        )
+    every = check_record_every(record_every)
+    trace = None if trace is None else check_int("trace", trace, minimum=1)
+    if callback is not None:
+        check_callable("callback", callback)
+    value_loss = scalar_loss(loss) if has_aux else loss
     init_keys, fit_keys = restart_keys(key, restarts)
     try:
         params_shape = jax.eval_shape(init, init_keys[0])
     except Exception as err:
         raise ValueError(f"calling init(key) failed while checking the problem: {err}") from err
     example = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), params_shape)
-    n = check_problem(loss, example, data, batch_size, steps, tol, name="init(key)")
-    chunk = check_chunk(chunk_size, steps, progress, None)
+    n = check_problem(value_loss, example, data, batch_size, steps, tol, name="init(key)")
+    chunk = check_chunk(chunk_size, steps, progress, None, trace=trace, callback=callback)
     if hyperparams:  # checked on the state's shapes, before anything is compiled
         _inject(jax.eval_shape(optimizer.init, example), hyperparams, restarts)
     ndev = jax.local_device_count()
@@ -99,10 +132,10 @@ def multistart(
         mesh = device_mesh("restarts")
         spec = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("restarts"))
         carry = jax.device_put(carry, spec)
-    carry, (losses, norms), final = drive(
+    carry, (losses, norms), final, final_norms, traced = drive(
         carry,
         data,
-        loss=loss,
+        loss=value_loss,
         optimizer=optimizer,
         steps=steps,
         batch_size=batch_size,
@@ -110,7 +143,15 @@ def multistart(
         chunk=chunk,
         batched=True,
         progress=progress,
+        record_every=every,
+        trace=trace,
+        callback=callback,
     )
+    aux = None
+    if has_aux:
+        aux = jax.vmap(lambda p: aux_at(loss, p, data))(carry.params)
+    warn_nonfinite(carry, losses, norms, every)
+    jax.block_until_ready(carry.params)
     return MultistartResult(
         params=carry.params,
         opt_state=carry.opt_state,
@@ -121,6 +162,10 @@ def multistart(
         final_losses=final,
         init_keys=init_keys,
         fit_keys=fit_keys,
+        final_grad_norms=final_norms,
+        aux=aux,
+        trace=traced,
+        wall_time=time.perf_counter() - started,
     )
 
 

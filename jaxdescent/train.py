@@ -8,15 +8,30 @@ early exit). Mini-batches are drawn on device (:mod:`jaxdescent.data`).
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Callable
 from typing import Any
 
 import jax
 import optax
 
-from jaxdescent._checks import check_callable, check_int
-from jaxdescent._engine.checks import as_key, check_optimizer, check_problem, shard_examples
-from jaxdescent._engine.driver import check_chunk, drive
+from jaxdescent._checks import check_bool, check_callable, check_int
+from jaxdescent._engine.checks import (
+    as_key,
+    aux_at,
+    check_optimizer,
+    check_problem,
+    check_record_every,
+    scalar_loss,
+    shard_examples,
+)
+from jaxdescent._engine.driver import (
+    ChunkEnd,
+    check_checkpointing,
+    check_chunk,
+    drive,
+    warn_nonfinite,
+)
 from jaxdescent._engine.loop import init_carry
 from jaxdescent._engine.loop import make_step as _make_step
 from jaxdescent.results import FitResult, Status
@@ -55,11 +70,15 @@ def fit(
     batch_size: int | None = None,
     key: jax.Array | None = None,
     tol: float | None = None,
+    has_aux: bool = False,
+    record_every: int | None = 1,
+    trace: int | None = None,
+    callback: Callable[[ChunkEnd], Any] | None = None,
     chunk_size: int | None = None,
     progress: bool = False,
     checkpoint_dir: str | os.PathLike | None = None,
-    checkpoint_every: int = 1,
-    resume: bool = False,
+    checkpoint_every: int | None = None,
+    resume: bool | str | os.PathLike = False,
     shard_data: bool = False,
 ) -> FitResult:
     r"""Minimise ``loss`` from ``params`` with ``optimizer``, as one compiled loop.
@@ -84,18 +103,34 @@ def fit(
         last in that epoch's order sit that epoch out (see :mod:`jaxdescent.data`).
       key: PRNG key for the batch order (default ``jax.random.key(0)``).
       tol: stop when the gradient norm falls below ``tol`` (status ``CONVERGED``); the
-        params are then those at which it was measured.
+        params are then those at which it was measured. With mini-batches a batch's gradient
+        norm below ``tol`` is confirmed on the whole data before the run stops, so
+        ``CONVERGED`` always means the full-data gradient norm at the returned params is
+        below ``tol``. A run whose last update lands below ``tol`` is ``CONVERGED`` too.
+      has_aux: ``loss`` returns ``(value, aux)``, as for ``jax.value_and_grad(...,
+        has_aux=True)``; the result's ``aux`` is the aux at the final params (whole data).
+      record_every: record the loss and gradient norm of every ``k``-th step (``None``:
+        none). The histories hold what was recorded up to the step the run stopped at.
+      trace: record the params every ``trace`` steps (and the returned ones last) into
+        ``result.trace``; runs in chunks of ``trace`` steps.
+      callback: ``callback(info)`` on the host after each chunk, with a
+        :class:`~jaxdescent._engine.driver.ChunkEnd` (step, params, state, the chunk's
+        losses, status). Its cost is one device-to-host synchronisation per chunk plus what
+        it does; without ``chunk_size`` a run has about 20 chunks.
       chunk_size: steps per compiled chunk. Defaults to the whole run in one chunk, or about
         20 chunks with ``progress`` or checkpoints. It does not change the results.
       progress: show a tqdm progress bar, updated between chunks.
       checkpoint_dir: a folder to save (params, optimizer state, step, key, history) into,
-        as ``checkpoint.jdc``, every ``checkpoint_every`` chunks and at the end, each save
-        atomic (:mod:`jaxdescent.checkpoint`).
-      resume: continue from the checkpoint in ``checkpoint_dir`` if there is one (else start
-        afresh); the resumed run equals an uninterrupted one bit for bit. Its params, state
-        and key come from the checkpoint; a run that had used up its steps goes on to a
-        larger ``steps``. A checkpoint written for other data sizes, batch size or number of
-        steps beyond ``steps`` is refused.
+        as ``checkpoint.jdc``, every ``checkpoint_every`` chunks (default 1) and at the end,
+        each save atomic (:mod:`jaxdescent.checkpoint`). It is created and checked for
+        writing before anything is compiled.
+      resume: ``True``: continue from the checkpoint in ``checkpoint_dir`` if there is one
+        (else start afresh); a folder: continue from the checkpoint there (and save there
+        unless ``checkpoint_dir`` is given). The resumed run equals an uninterrupted one bit
+        for bit. A run that had used up its steps goes on to a larger ``steps``, and a
+        converged one goes on under a tighter ``tol``. A checkpoint written for other data
+        sizes, batch size, params structure, optimizer state structure or more steps than
+        ``steps`` is refused.
       shard_data: place the data split along its example axis over all local devices (data
         parallelism; the example count must divide evenly).
 
@@ -110,19 +145,32 @@ def fit(
       >>> jd.Status(int(res.status)).name, [round(float(v), 4) for v in res.params]
       ('CONVERGED', [3.0, 3.0])
     """
+    started = time.perf_counter()
     check_optimizer(optimizer)
-    n = check_problem(loss, params, data, batch_size, steps, tol)
-    chunk = check_chunk(chunk_size, steps, progress, checkpoint_dir)
-    checkpoint_every = check_int("checkpoint_every", checkpoint_every, minimum=1)
+    has_aux = check_bool("has_aux", has_aux)
+    progress = check_bool("progress", progress)
+    shard_data = check_bool("shard_data", shard_data)
+    value_loss = scalar_loss(loss) if has_aux else loss
+    n = check_problem(value_loss, params, data, batch_size, steps, tol)
+    every = check_record_every(record_every)
+    trace = None if trace is None else check_int("trace", trace, minimum=1)
+    if callback is not None:
+        check_callable("callback", callback)
+    checkpoint_dir, checkpoint_every, resume_dir = check_checkpointing(
+        checkpoint_dir, checkpoint_every, resume
+    )
+    chunk = check_chunk(
+        chunk_size, steps, progress, checkpoint_dir, trace=trace, callback=callback
+    )
     key = as_key(key)
     if shard_data and data is not None:
         data = shard_examples(data, n)
     opt_state = optimizer.init(params)
     carry = init_carry(params, opt_state, key, n, batch_size)
-    carry, (losses, norms), final = drive(
+    carry, (losses, norms), final, final_norm, traced = drive(
         carry,
         data,
-        loss=loss,
+        loss=value_loss,
         optimizer=optimizer,
         steps=steps,
         batch_size=batch_size,
@@ -132,8 +180,14 @@ def fit(
         progress=progress,
         checkpoint_dir=checkpoint_dir,
         checkpoint_every=checkpoint_every,
-        resume=resume,
+        resume=resume_dir,
+        record_every=every,
+        trace=trace,
+        callback=callback,
     )
+    aux = aux_at(loss, carry.params, data) if has_aux else None
+    warn_nonfinite(carry, losses, norms, every)
+    jax.block_until_ready(carry.params)
     return FitResult(
         params=carry.params,
         opt_state=carry.opt_state,
@@ -142,4 +196,8 @@ def fit(
         steps_taken=carry.updates,
         status=carry.status,
         final_loss=final,
+        final_grad_norm=final_norm,
+        aux=aux,
+        trace=traced,
+        wall_time=time.perf_counter() - started,
     )

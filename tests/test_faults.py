@@ -19,6 +19,9 @@ import pytest
 import jaxdescent as jd
 from jaxdescent import Status
 
+# every test here meets non-finite values on purpose; the warning is tested in test_train
+pytestmark = pytest.mark.filterwarnings("ignore:.*ended NONFINITE:RuntimeWarning")
+
 
 def all_finite(tree) -> bool:
     return all(bool(jnp.all(jnp.isfinite(leaf))) for leaf in jax.tree.leaves(tree))

@@ -42,6 +42,8 @@ def bowl(x):
 def assert_same_run(a, b):
     """Every field of two results, bit for bit."""
     for name in jd.FitResult._fields:
+        if name == "wall_time":  # the one field that is not part of the run
+            continue
         for u, v in zip(jax.tree.leaves(getattr(a, name)), jax.tree.leaves(getattr(b, name))):
             np.testing.assert_array_equal(np.asarray(u), np.asarray(v), err_msg=name)
 
@@ -50,6 +52,7 @@ def test_fit_result_fields():
     res = jd.fit(mse, P0, ADAM, **RUN)
     assert jd.FitResult._fields == (
         "params", "opt_state", "losses", "grad_norms", "steps_taken", "status", "final_loss",
+        "final_grad_norm", "aux", "trace", "wall_time",
     )  # fmt: skip
     assert res.losses.shape == res.grad_norms.shape == (12,)
     assert int(res.status) == Status.MAX_STEPS and not bool(res.converged)
@@ -85,11 +88,14 @@ def test_make_step_without_data():
 
 
 def test_chunk_size_does_not_change_results():
-    # with a tol that stops the run part-way, inside a chunk of 5
-    whole = jd.fit(mse, P0, ADAM, tol=2.0, **RUN)
-    assert int(whole.status) == Status.CONVERGED and 5 < int(whole.steps_taken) < 9
-    for chunk_size in (1, 5):
-        assert_same_run(jd.fit(mse, P0, ADAM, tol=2.0, chunk_size=chunk_size, **RUN), whole)
+    # with a tol that stops the run part-way, inside a chunk of 5 (mini-batches: the batch
+    # gradient falls below tol earlier, and the full-data check keeps the run going)
+    run = dict(RUN, steps=30)
+    whole = jd.fit(mse, P0, ADAM, tol=2.0, **run)
+    assert int(whole.status) == Status.CONVERGED and int(whole.steps_taken) == 24
+    assert float(whole.final_grad_norm) < 2.0
+    for chunk_size in (1, 5, 7):
+        assert_same_run(jd.fit(mse, P0, ADAM, tol=2.0, chunk_size=chunk_size, **run), whole)
 
 
 def test_tol_reports_the_step_and_stops_computing():
@@ -155,9 +161,13 @@ def test_nonfinite_returns_the_last_finite_params():
 
     sgd = jd.optim.sgd(0.1)
     # steps=3 ends right after the bad update (caught at the end), steps=20 inside the loop
-    for steps in (3, 20):
-        res = jd.fit(cliff, jnp.zeros(2), sgd, steps=steps)
+    for steps, what in ((3, "the loss or gradient"), (20, "the loss")):
+        with pytest.warns(RuntimeWarning, match="ended NONFINITE") as caught:
+            res = jd.fit(cliff, jnp.zeros(2), sgd, steps=steps)
+        assert len(caught) == 1 and what in str(caught[0].message)
+        assert "after 2 accepted updates" in str(caught[0].message)
         assert int(res.status) == Status.NONFINITE, steps
+        assert not res.success and "non-finite" in res.message
         np.testing.assert_allclose(res.params, [1.8, 1.8], rtol=1e-6)
         assert int(res.steps_taken) == 2
         assert bool(jnp.isfinite(res.final_loss))

@@ -10,6 +10,7 @@ import numpy as np
 
 from jaxdescent import data as data_lib
 from jaxdescent._checks import check_callable, check_float_tree, check_int, check_nonnegative
+from jaxdescent._engine.cache import cached, owner_ref
 from jaxdescent.likelihoods import Categorical
 
 
@@ -124,3 +125,47 @@ def shard_examples(data, n):
     mesh = device_mesh("examples")
     spec = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("examples"))
     return jax.device_put(data, spec)
+
+
+def check_record_every(record_every) -> int:
+    """``record_every`` as the loop takes it: ``k >= 1``, or 0 for no history (``None``)."""
+    if record_every is None:
+        return 0
+    return check_int("record_every", record_every, minimum=1)
+
+
+class _Value:
+    """``loss`` without its aux: ``params[, batch] -> value`` for a ``(value, aux)`` loss."""
+
+    def __init__(self, ref):
+        self._ref = ref
+
+    def __call__(self, *args):
+        out = self._ref()(*args)
+        if not (isinstance(out, (tuple, list)) and len(out) == 2):
+            raise TypeError(
+                "has_aux=True needs a loss returning (value, aux); got "
+                f"{type(out).__name__} {getattr(out, 'shape', '')}"
+            )
+        return out[0]
+
+
+def scalar_loss(loss):
+    """The value-only view of a ``has_aux`` loss: one object per loss (cached, held while
+    the loss lives), so runs of the same loss reuse its compiled programs."""
+    check_callable("loss", loss)
+    return cached(loss, ("has_aux-value",), lambda: _Value(owner_ref(loss)))
+
+
+def aux_at(loss, params, data):
+    """The aux output of a ``(value, aux)`` loss at ``params`` on the whole data (jitted)."""
+    ref = owner_ref(loss)
+
+    def build():
+        def aux(params, data):
+            out = ref()(params) if data is None else ref()(params, data)
+            return out[1]
+
+        return jax.jit(aux)
+
+    return cached(loss, ("has_aux-aux",), build)(params, data)

@@ -121,11 +121,16 @@ def _propose(c, data, new_epoch, *, step, batch_size, n, per_epoch):
     return new_params, new_state, value, norm, perm
 
 
-def _commit(c, proposal, tol, total_steps):
-    """The next carry of one run: accept the proposal, stop converged, or roll back."""
+def _commit(c, proposal, confirm, tol, total_steps):
+    """The next carry of one run: accept the proposal, stop converged, or roll back.
+
+    ``confirm`` is the full-data gradient norm at the incoming params when this step's
+    (batch) norm fell below ``tol`` (for full-batch runs, the norm itself): a run converges
+    only when both are below ``tol``.
+    """
     new_params, new_state, value, norm, perm = proposal
     finite = jnp.isfinite(value) & jnp.isfinite(norm)
-    converged = finite & (norm < tol)
+    converged = finite & (norm < tol) & (confirm < tol)
     accept = finite & ~converged
     iteration = c.iteration + 1
     status = jnp.where(
@@ -169,30 +174,64 @@ def _commit_all_accepted(c, proposal, total_steps):
     )
 
 
+def history_dtype(params) -> jnp.dtype:
+    """Histories are kept in the params' float type, at least float32 (a float16 run's loss
+    of 1e5 is then not recorded as inf)."""
+    return jnp.promote_types(jnp.result_type(*jax.tree.leaves(params)), jnp.float32)
+
+
+def recorded_rows(first: int, ran: int, every: int) -> int:
+    """How many of the steps ``first, ..., first + ran - 1`` are recorded (``step % every ==
+    0``; none when ``every == 0``)."""
+    if every == 0:
+        return 0
+    return -(-(first + ran) // every) - -(-first // every)
+
+
+def _full_norm(loss, data, params):
+    return global_norm(jax.grad(loss)(params, data))
+
+
 def _chunk(
-    carry, data, tol, total_steps, chunk_steps, *, loss, optimizer, batch_size, chunk_len, batched
+    carry,
+    data,
+    tol,
+    total_steps,
+    chunk_steps,
+    *,
+    loss,
+    optimizer,
+    batch_size,
+    chunk_len,
+    batched,
+    record_every,
 ):
     """Run up to ``chunk_steps`` (<= ``chunk_len``) steps; record loss and gradient norm.
 
-    With ``batched``, ``carry`` has a leading run axis: the loop's condition stays a scalar
-    (some run still going), each step is ``vmap``-ed over the runs, and a run that has ended
-    keeps its carry and history. (Vmapping the whole while loop instead would make its
-    predicate batched, and then every step would copy the whole history buffer.)
+    Returns ``(carry, (losses, norms), ran)``: the history rows of the recorded steps (step
+    ``s`` is recorded when ``s % record_every == 0``; nothing when ``record_every == 0``) and
+    the number of loop steps run. With ``batched``, ``carry`` has a leading run axis: the
+    loop's condition stays a scalar (some run still going), each step is ``vmap``-ed over the
+    runs, and a run that has ended keeps its carry and history. (Vmapping the whole while loop
+    instead would make its predicate batched, and then every step would copy the whole
+    history buffer.)
     """
     n = 0 if data is None else data_lib.num_examples(data)
     per_epoch = None if batch_size is None else data_lib.batches_per_epoch(n, batch_size)
     propose = functools.partial(
         _propose, step=make_step(loss, optimizer), batch_size=batch_size, n=n, per_epoch=per_epoch
     )
-    dtype = jnp.result_type(*jax.tree.leaves(carry.params))
+    dtype = history_dtype(carry.params)
     lead = carry.status.shape  # () for one run, (runs,) when batched
-    # history rows are steps, so each step writes one contiguous row
-    # batched: the loop body runs ``unroll`` steps, each gated on the step count, so up to
-    # ``unroll - 1`` steps past the chunk write (nan) rows past its end: pad, cut at the end
+    # history rows are recorded steps, so each step writes one contiguous row; steps that are
+    # not recorded (and, batched, the up to ``unroll - 1`` gated steps past the chunk's end)
+    # write a scratch row past the end, cut off at the end
     unroll = _UNROLL if batched else 1
+    every = record_every
+    rows = 0 if every == 0 else -(-chunk_len // every) + 1
     history = (
-        jnp.full((chunk_len + unroll - 1, *lead), jnp.nan, dtype),
-        jnp.full((chunk_len + unroll - 1, *lead), jnp.nan, dtype),
+        jnp.full((rows + 1, *lead), jnp.nan, dtype),
+        jnp.full((rows + 1, *lead), jnp.nan, dtype),
     )
     if batched:
         # Inside the loop the run axis is the last one of every carry leaf: XLA on CPU
@@ -200,11 +239,32 @@ def _chunk(
         # (with runs first and a few parameters per run, they ran several times slower).
         carry = jax.tree.map(_runs_last, carry)
         vpropose = jax.vmap(propose, in_axes=(-1, None, None), out_axes=-1)
-        vcommit = jax.vmap(_commit, in_axes=(-1, -1, None, None), out_axes=-1)
+        vcommit = jax.vmap(_commit, in_axes=(-1, -1, -1, None, None), out_axes=-1)
 
     # Every run still going has made exactly ``first + i`` steps at loop step ``i`` (runs
     # advance together and ended ones are frozen), so this scalar says when epochs start.
     first = jnp.max(carry.iteration)
+    first_row = 0 if every == 0 else -(-first // every)
+
+    def row(i):  # where step ``first + i`` is recorded: its row, or the scratch row
+        if every == 0:
+            return rows
+        s = first + i
+        return jnp.where((s % every == 0) & (i < chunk_steps), s // every - first_row, rows)
+
+    def confirm(norm, params, active):
+        """The full-data gradient norm where a batch's norm fell below ``tol`` (else inf)."""
+        if batch_size is None:
+            return norm
+        full = functools.partial(_full_norm, loss, data)
+        if batched:
+            full = jax.vmap(full, in_axes=-1)
+        candidate = active & (norm < tol)
+        return jax.lax.cond(
+            jnp.any(candidate),
+            lambda: jnp.where(candidate, full(params), jnp.inf).astype(norm.dtype),
+            lambda: jnp.full_like(norm, jnp.inf),
+        )
 
     def starts_epoch(i):
         return False if per_epoch is None else (first + i) % per_epoch == 0
@@ -225,9 +285,10 @@ def _chunk(
             active = (c.status == Status.RUNNING) & (i < chunk_steps)
             proposal = vpropose(c, data, starts_epoch(i))
             _, _, value, norm, _ = proposal
+            full = confirm(norm, c.params, active)
 
             def some_stop():
-                new_c = vcommit(c, proposal, tol, total_steps)
+                new_c = vcommit(c, proposal, full, tol, total_steps)
                 # runs that have ended keep their carry (the key never changes in a step)
                 return jax.tree.map(
                     lambda a, b: jnp.where(
@@ -239,7 +300,9 @@ def _chunk(
 
             # Usually every run goes on: then the per-run selects (slow under vmap on CPU)
             # are skipped; the result is the same either way.
-            all_go = jnp.all(active & jnp.isfinite(value) & jnp.isfinite(norm) & ~(norm < tol))
+            all_go = jnp.all(
+                active & jnp.isfinite(value) & jnp.isfinite(norm) & ~((norm < tol) & (full < tol))
+            )
             new_c = jax.lax.cond(
                 all_go, lambda: _commit_all_accepted(c, proposal, total_steps), some_stop
             )
@@ -248,15 +311,20 @@ def _chunk(
             norm = jnp.where(active, norm.astype(dtype), jnp.nan)
         else:
             proposal = propose(c, data, starts_epoch(i))
-            new_c = _commit(c, proposal, tol, total_steps)
             _, _, value, norm, _ = proposal
-        history = (losses.at[i].set(value.astype(dtype)), norms.at[i].set(norm.astype(dtype)))
-        return new_c, history, i + 1
+            new_c = _commit(c, proposal, confirm(norm, c.params, True), tol, total_steps)
+        if every:
+            r = row(i)
+            losses = losses.at[r].set(value.astype(dtype))
+            norms = norms.at[r].set(norm.astype(dtype))
+        return new_c, (losses, norms), i + 1
 
-    carry, history, _ = jax.lax.while_loop(cond, body, (carry, history, jnp.zeros([], jnp.int32)))
+    start = (carry, history, jnp.zeros([], jnp.int32))
+    carry, history, _ = jax.lax.while_loop(cond, body, start)
     if batched:
         carry = jax.tree.map(_runs_first, carry)
-    return carry, tuple(jnp.moveaxis(h[:chunk_len], 0, -1) for h in history)
+    ran = jnp.max(carry.iteration) - first
+    return carry, tuple(jnp.moveaxis(h[:rows], 0, -1) for h in history), ran
 
 
 def _runs_last(x):
@@ -267,41 +335,52 @@ def _runs_first(x):
     return x if x.ndim <= 1 else jnp.moveaxis(x, -1, 0)
 
 
-def _finish(carry, data, *, loss):
-    """Loss at the final params on the whole data; a non-finite one rolls back one update.
+def _finish(carry, data, tol, *, loss):
+    """Loss and gradient norm at the final params on the whole data.
 
     The last update of a run is never evaluated inside the loop, so its params are checked
     here: if the loss or the gradient is not finite there, the run returns the params before
-    that update (where both were finite) with status ``NONFINITE``.
+    that update (where both were finite) with status ``NONFINITE``. A run that spent its
+    budget (``MAX_STEPS``) but whose final full-data gradient norm is below ``tol`` has met
+    the criterion: its status becomes ``CONVERGED``.
     """
 
     def value_at(params):
         return loss(params) if data is None else loss(params, data)
 
     value, grads = jax.value_and_grad(value_at)(carry.params)
-    bad = ~(jnp.isfinite(value) & jnp.isfinite(global_norm(grads)))
+    norm = global_norm(grads)
+    bad = ~(jnp.isfinite(value) & jnp.isfinite(norm))
     params = _select(bad, carry.prev_params, carry.params)
     opt_state = _select(bad, carry.prev_opt_state, carry.opt_state)
-    value = jax.lax.cond(bad, lambda: value_at(params), lambda: value)
-    status = jnp.where(bad, Status.NONFINITE, carry.status).astype(jnp.int32)
+
+    def again():
+        v, g = jax.value_and_grad(value_at)(params)
+        return v, global_norm(g)
+
+    value, norm = jax.lax.cond(bad, again, lambda: (value, norm))
+    status = jnp.where(bad, Status.NONFINITE, carry.status)
+    status = jnp.where((status == Status.MAX_STEPS) & (norm < tol), Status.CONVERGED, status)
     updates = carry.updates - (bad & (carry.status != Status.NONFINITE)).astype(jnp.int32)
-    carry = carry._replace(params=params, opt_state=opt_state, status=status)
-    return carry._replace(updates=jnp.maximum(updates, 0)), value
+    carry = carry._replace(params=params, opt_state=opt_state, status=status.astype(jnp.int32))
+    return carry._replace(updates=jnp.maximum(updates, 0)), value, norm
 
 
-def compiled(loss, optimizer, batch_size, chunk_len, batched: bool):
+def compiled(loss, optimizer, batch_size, chunk_len, batched: bool, record_every: int = 1):
     """The jitted chunk and finish functions for one configuration (cached: no retrace).
 
     Keyed by the loss (held weakly), the optimizer's ``update`` by fingerprint (code and
     closed-over values, :func:`jaxdescent._engine.cache.fingerprint`) and the static settings.
     """
-    key = ("loop", fingerprint(optimizer.update), batch_size, chunk_len, batched)
+    key = ("loop", fingerprint(optimizer.update), batch_size, chunk_len, batched, record_every)
     return cached(
-        loss, key, lambda: _build(owner_ref(loss), optimizer, batch_size, chunk_len, batched)
+        loss,
+        key,
+        lambda: _build(owner_ref(loss), optimizer, batch_size, chunk_len, batched, record_every),
     )
 
 
-def _build(loss_ref, optimizer, batch_size, chunk_len, batched):
+def _build(loss_ref, optimizer, batch_size, chunk_len, batched, record_every):
     def chunk(carry, data, tol, total_steps, chunk_steps):
         return _chunk(
             carry,
@@ -314,11 +393,12 @@ def _build(loss_ref, optimizer, batch_size, chunk_len, batched):
             batch_size=batch_size,
             chunk_len=chunk_len,
             batched=batched,
+            record_every=record_every,
         )
 
-    def finish(carry, data):
-        return _finish(carry, data, loss=loss_ref())
+    def finish(carry, data, tol):
+        return _finish(carry, data, tol, loss=loss_ref())
 
     if batched:
-        finish = jax.vmap(finish, in_axes=(0, None))
+        finish = jax.vmap(finish, in_axes=(0, None, None))
     return jax.jit(chunk), jax.jit(finish)
