@@ -22,7 +22,7 @@ from typing import Any
 import jax
 import numpy as np
 
-__all__ = ["CheckpointError", "load", "read_meta", "save"]
+__all__ = ["CheckpointError", "load", "load_params", "params_record", "read_meta", "save"]
 
 MAGIC = b"JAXDESCENT-CHECKPOINT-1\n"
 
@@ -62,6 +62,14 @@ def save(path: str | os.PathLike, state: Any, meta: dict[str, Any] | None = None
     """Write ``state`` (any pytree of arrays, PRNG keys included) atomically to ``path``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    for where, leaf in jax.tree_util.tree_leaves_with_path(state):
+        kind = np.asarray(leaf).dtype.kind if not _is_key(leaf) else "V"
+        if isinstance(leaf, (str, bytes)) or kind in "USOM":
+            raise TypeError(
+                f"checkpoint.save stores arrays of numbers, bools and PRNG keys; leaf "
+                f"{jax.tree_util.keystr(where) or '(the root)'} is {type(leaf).__name__} "
+                f"{leaf!r:.60}"
+            )
     leaves = [_to_numpy(leaf) for leaf in jax.tree.leaves(state)]
     record = dict(meta or {})
     record["num_leaves"] = len(leaves)
@@ -156,3 +164,91 @@ def load(path: str | os.PathLike, template: Any) -> tuple[Any, dict[str, Any]]:
             )
         restored.append(jax.numpy.asarray(saved))
     return jax.tree.unflatten(treedef, restored), meta
+
+
+def _entry(key: Any) -> list:
+    if isinstance(key, jax.tree_util.DictKey):
+        return ["key", str(key.key)]
+    if isinstance(key, jax.tree_util.SequenceKey):
+        return ["index", int(key.idx)]
+    if isinstance(key, jax.tree_util.GetAttrKey):
+        return ["key", key.name]
+    return ["key", str(key)]
+
+
+def params_record(params: Any) -> dict[str, Any]:
+    """The metadata that lets :func:`load_params` read ``params`` back on its own: their
+    number of leaves (they come first in a run's checkpoint) and each leaf's path."""
+    paths = jax.tree_util.tree_leaves_with_path(params)
+    return {
+        "params_leaves": len(paths),
+        "params_paths": [[_entry(k) for k in path] for path, _ in paths],
+    }
+
+
+def _rebuild(paths: list, leaves: list) -> Any:
+    """Nested dicts (dict keys, attributes) and lists (sequence indices) from leaf paths."""
+    if len(paths) == 1 and not paths[0]:
+        return leaves[0]
+    root: dict | list = {} if paths[0][0][0] == "key" else []
+    for path, leaf in zip(paths, leaves):
+        node = root
+        for depth, (_kind, name) in enumerate(path):
+            last = depth == len(path) - 1
+            nxt_kind = None if last else path[depth + 1][0]
+            if isinstance(node, list):
+                while len(node) <= name:
+                    node.append(None)
+            if last:
+                node[name] = leaf
+                break
+            child = (
+                node[name]
+                if (isinstance(node, dict) and name in node)
+                or (isinstance(node, list) and node[name] is not None)
+                else None
+            )
+            if child is None:
+                child = {} if nxt_kind == "key" else []
+                node[name] = child
+            node = child
+    return root
+
+
+def load_params(path: str | os.PathLike, like: Any = None) -> Any:
+    """The params of a run saved by ``fit(..., checkpoint_dir=...)``, without its state.
+
+    Args:
+      path: the checkpoint file, or the folder holding ``checkpoint.jdc``.
+      like: optional params of the same structure (e.g. the model's ``init`` output): the
+        result then has exactly that structure. Without it, dict keys and attributes become
+        nested dicts and sequence positions lists (a bare array stays an array).
+
+    Raises :class:`CheckpointError` for a file that is not a run's checkpoint or whose params
+    do not fit ``like``.
+    """
+    path = Path(path)
+    if path.is_dir():
+        path = path / "checkpoint.jdc"
+    with np.load(io.BytesIO(_payload(path)), allow_pickle=False) as archive:
+        meta = json.loads(archive["__meta__"].tobytes().decode())
+        if "params_leaves" not in meta:
+            raise CheckpointError(
+                f"checkpoint {str(path)!r} does not record its params (it was not written by "
+                "jaxdescent.fit or multistart, or by an older version); use load(path, template)"
+            )
+        count = int(meta["params_leaves"])
+        names = meta.get("dtypes") or [None] * meta["num_leaves"]
+        leaves = [
+            jax.numpy.asarray(_restored(archive[f"leaf_{i:05d}"], names[i])) for i in range(count)
+        ]
+    if like is None:
+        return _rebuild(meta["params_paths"], leaves)
+    expected, treedef = jax.tree.flatten(like)
+    if len(expected) != count or any(np.shape(e) != np.shape(a) for e, a in zip(expected, leaves)):
+        raise CheckpointError(
+            f"checkpoint {str(path)!r} holds params with shapes "
+            f"{[tuple(np.shape(a)) for a in leaves]}; like has "
+            f"{[tuple(np.shape(e)) for e in expected]}"
+        )
+    return jax.tree.unflatten(treedef, leaves)

@@ -234,6 +234,16 @@ def _inject(opt_state, hyperparams, restarts):
         )
     available = sorted({name for _, held in holders for name in held.hyperparams})
     for name in hyperparams:
+        scheduled = [
+            held for _, held in holders if name in (getattr(held, "hyperparams_states", {}) or {})
+        ]
+        if scheduled:
+            raise ValueError(
+                f"hyperparams[{name!r}] is a schedule in this optimizer: optax recomputes it "
+                "from the step count at every update, so per-restart values would be ignored. "
+                "Sweep a constant, or a schedule's own parameters by building one optimizer per "
+                "value"
+            )
         where = [path for path, held in holders if name in held.hyperparams]
         if not where:
             raise ValueError(

@@ -843,3 +843,144 @@ def test_bad_rule_options_and_hyperparameters(no_loop_compile, call, error, frag
     with pytest.raises(error) as excinfo:
         call()
     assert_clear(excinfo, fragments)
+
+
+# --- engine options: flags are booleans, options that cannot apply are errors (issue 12) ---
+
+ENGINE_OPTION_CASES = [
+    ("fit-progress-string", lambda: fit(progress="no"), TypeError, ["progress", "'no'"]),
+    ("fit-has-aux-string", lambda: fit(has_aux="yes"), TypeError, ["has_aux", "'yes'"]),
+    ("fit-shard-data-int", lambda: fit(shard_data=1), TypeError, ["shard_data", "True or False"]),
+    ("multistart-shard-string", lambda: multistart(shard="no"), TypeError, ["shard", "'no'"]),
+    (
+        "multistart-progress-string",
+        lambda: multistart(progress="no"),
+        TypeError,
+        ["progress", "True or False"],
+    ),
+    (
+        "fit-resume-without-dir",
+        lambda: fit(resume=True),
+        ValueError,
+        ["resume=True", "no checkpoint_dir", "resume='path/to/run'"],
+    ),
+    (
+        "fit-resume-not-a-path",
+        lambda: fit(resume=3),
+        TypeError,
+        ["resume", "folder", "3"],
+    ),
+    (
+        "fit-checkpoint-every-without-dir",
+        lambda: fit(checkpoint_every=5),
+        ValueError,
+        ["checkpoint_every=5", "needs a checkpoint_dir"],
+    ),
+    (
+        "fit-checkpoint-dir-empty",
+        lambda: fit(checkpoint_dir=""),
+        ValueError,
+        ["checkpoint_dir", "empty string"],
+    ),
+    (
+        "fit-checkpoint-dir-is-a-file",
+        lambda: fit(checkpoint_dir=PACKAGE / "__init__.py"),
+        ValueError,
+        ["checkpoint_dir", "__init__.py", "not a folder"],
+    ),
+    (
+        "fit-checkpoint-dir-not-writable",
+        lambda: fit(checkpoint_dir="/proc/jaxdescent-run"),
+        ValueError,
+        ["checkpoint_dir", "/proc/jaxdescent-run"],
+    ),
+    ("fit-record-every-0", lambda: fit(record_every=0), ValueError, ["record_every", ">= 1"]),
+    ("fit-trace-0", lambda: fit(trace=0), ValueError, ["trace", ">= 1", "got 0"]),
+    (
+        "fit-trace-and-chunk",
+        lambda: fit(steps=20, trace=5, chunk_size=4),
+        ValueError,
+        ["trace=5", "chunk_size=4"],
+    ),
+    ("fit-callback-not-callable", lambda: fit(callback=3), TypeError, ["callback", "callable"]),
+    (
+        "multistart-hyperparams-list",
+        lambda: multistart(hyperparams=[("learning_rate", jnp.ones(2))]),
+        TypeError,
+        ["hyperparams must be a dict", "list"],
+    ),
+    (
+        "multistart-hyperparams-b1-out-of-range",
+        lambda: multistart(
+            optimizer=jd.optim.adam(0.1), hyperparams={"b1": jnp.array([0.5, 1.5])}
+        ),
+        ValueError,
+        ["hyperparams['b1']", "[0, 1)", "1.5"],
+    ),
+    (
+        "multistart-hyperparams-nan",
+        lambda: multistart(hyperparams={"learning_rate": jnp.array([0.1, jnp.nan])}),
+        ValueError,
+        ["hyperparams['learning_rate']", "nan"],
+    ),
+    (
+        "multistart-hyperparams-schedule-in-jd-rule",
+        lambda: multistart(
+            optimizer=jd.optim.sgd(jd.schedules.cosine_decay(0.1, 10)),
+            hyperparams={"learning_rate": jnp.ones(2)},
+        ),
+        ValueError,
+        ["hyperparams['learning_rate']", "schedule", "cannot be swept"],
+    ),
+    (
+        "multistart-hyperparams-schedule-injected",
+        lambda: multistart(
+            optimizer=optax.inject_hyperparams(optax.sgd)(
+                learning_rate=optax.cosine_decay_schedule(0.1, 10)
+            ),
+            hyperparams={"learning_rate": jnp.ones(2)},
+        ),
+        ValueError,
+        ["hyperparams['learning_rate']", "is a schedule", "would be ignored"],
+    ),
+    (
+        "restart-keys-negative",
+        lambda: jd.restart_keys(jax.random.key(0), -1),
+        ValueError,
+        ["restarts", ">= 1", "-1"],
+    ),
+    (
+        "restart-keys-zero",
+        lambda: jd.restart_keys(jax.random.key(0), 0),
+        ValueError,
+        ["restarts", ">= 1", "got 0"],
+    ),
+    (
+        "fit-params-function-leaf",
+        lambda: fit(params={"w": jnp.ones(2), "act": jax.nn.relu}),
+        TypeError,
+        ["['act']", "eqx.partition", "nnx.split"],
+    ),
+    (
+        "fit-params-counter-leaf",
+        lambda: fit(params={"w": jnp.ones(2), "count": jnp.zeros((), jnp.int32)}),
+        TypeError,
+        ["['count']", "int32", "filter it out"],
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("call", "error", "fragments"),
+    [c[1:] for c in ENGINE_OPTION_CASES],
+    ids=[c[0] for c in ENGINE_OPTION_CASES],
+)
+def test_bad_engine_options(no_loop_compile, call, error, fragments):
+    with pytest.raises(error) as excinfo:
+        call()
+    assert_clear(excinfo, fragments)
+
+
+def test_checkpoint_save_refuses_a_string_leaf(tmp_path):
+    with pytest.raises(TypeError, match=r"leaf \['name'\] is str"):
+        jd.checkpoint.save(tmp_path / "c.jdc", {"w": jnp.ones(2), "name": "run-1"})

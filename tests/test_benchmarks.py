@@ -36,7 +36,7 @@ def _check_record(record: dict, number: int) -> None:
         )
 
 
-@pytest.mark.parametrize("number", [1, 3, 4, 5, 6, 7])
+@pytest.mark.parametrize("number", [1, 3, 4, 5, 6, 7, 8])
 def test_case_runs_at_tiny_size(number):
     record = run.case_function(number)(TINY)
     _check_record(record, number)
@@ -63,7 +63,7 @@ def test_main_writes_json_and_markdown(tmp_path, capsys):
     assert md.read_text().strip() == printed.strip()
 
 
-@pytest.mark.parametrize("text", ["0", "8", "1,x", ","])
+@pytest.mark.parametrize("text", ["0", "9", "1,x", ","])
 def test_bad_case_list_is_rejected(text):
     with pytest.raises(SystemExit, match="--cases"):
         run.parse_cases(text)

@@ -117,8 +117,9 @@ def drive(
             )
             ran = int(ran)
             rows = recorded_rows(done_steps, ran, record_every)
-            losses.append(chunk_losses[..., :rows])
-            norms.append(chunk_norms[..., :rows])
+            # cut on the host: an eager slice would compile once per history length
+            losses.append(np.asarray(chunk_losses)[..., :rows])
+            norms.append(np.asarray(chunk_norms)[..., :rows])
             done_steps += ran
             chunks_run += 1
             if path_taken is not None:
@@ -127,14 +128,10 @@ def drive(
                 bar.update(ran)
                 # the lowest latest loss over the runs, named for what it is
                 label = ("best_" if batched else "") + ("batch_loss" if batch_size else "loss")
-                bar.set_postfix({label: _latest_loss(chunk_losses[..., :rows])})
+                bar.set_postfix({label: _latest_loss(losses[-1])})
             if callback is not None:
                 info = ChunkEnd(
-                    done_steps,
-                    carry.params,
-                    carry.opt_state,
-                    chunk_losses[..., :rows],
-                    carry.status,
+                    done_steps, carry.params, carry.opt_state, losses[-1], carry.status
                 )
                 callback(info)
             if path is not None and chunks_run % checkpoint_every == 0 and done_steps < steps:
@@ -153,7 +150,10 @@ def drive(
     if path_taken is not None:
         path_taken[-1] = carry.params  # the returned params (a non-finite end rolls back)
         axis = 1 if batched else 0
-        traced = jax.tree.map(lambda *xs: jnp.stack(xs, axis=axis), *path_taken)
+        traced = jax.tree.map(
+            lambda *xs: jax.device_put(np.stack([np.asarray(x) for x in xs], axis=axis)),
+            *path_taken,
+        )
     return carry, (hist_losses, hist_norms), final, final_norm, traced
 
 
@@ -254,7 +254,7 @@ def _resume(path, carry, steps, tol, run_meta):
         reopen, jnp.where(budget_left, Status.RUNNING, Status.MAX_STEPS), saved.status
     )
     saved = saved._replace(status=status.astype(jnp.int32))
-    return saved, ([hist[0]], [hist[1]]), done
+    return saved, ([np.asarray(hist[0])], [np.asarray(hist[1])]), done
 
 
 def _latest_loss(chunk_losses) -> str:
@@ -266,14 +266,22 @@ def _latest_loss(chunk_losses) -> str:
 
 def _save(path, carry, losses, norms, done_steps, tol, run_meta):
     hist = (_join(losses, carry), _join(norms, carry))
-    meta = {"steps_done": done_steps, "tol": tol, "history_rows": hist[0].shape[-1], **run_meta}
+    meta = {
+        "steps_done": done_steps,
+        "tol": tol,
+        "history_rows": hist[0].shape[-1],
+        **ckpt.params_record(carry.params),
+        **run_meta,
+    }
     ckpt.save(path, (carry, hist), meta)
 
 
 def _join(parts, carry):
+    """The recorded history as one device array, joined on the host: eager ``jnp`` ops
+    (and ``jnp.asarray``) would compile once per history length."""
     if parts:
-        return jnp.concatenate(parts, axis=-1)
-    return jnp.zeros((*carry.status.shape, 0), history_dtype(carry.params))
+        return jax.device_put(np.concatenate([np.asarray(p) for p in parts], axis=-1))
+    return jax.device_put(np.zeros((*carry.status.shape, 0), history_dtype(carry.params)))
 
 
 def warn_nonfinite(carry, losses, grad_norms, record_every) -> None:

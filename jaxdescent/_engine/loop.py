@@ -8,6 +8,7 @@ run has ended, and runs that ended earlier are frozen. Python only runs between 
 from __future__ import annotations
 
 import functools
+import inspect
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -43,7 +44,17 @@ def as_extra_args(
 ) -> optax.GradientTransformationExtraArgs:
     if isinstance(optimizer, optax.GradientTransformationExtraArgs):
         return optimizer
+    if _takes_extra_args(optimizer.update):  # e.g. optax.MultiSteps, which forwards them
+        return optax.GradientTransformationExtraArgs(optimizer.init, optimizer.update)
     return optax.with_extra_args_support(optimizer)
+
+
+def _takes_extra_args(update) -> bool:
+    try:
+        parameters = inspect.signature(update).parameters.values()
+    except (TypeError, ValueError):
+        return False
+    return any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters)
 
 
 def make_step(loss: Callable, optimizer: optax.GradientTransformation) -> Callable:

@@ -49,13 +49,15 @@ def split_hyperparams(
 
 def hyperparam_dtype(params: Any) -> jnp.dtype:
     """The dtype runtime hyperparameters are kept in: the widest floating dtype among the
-    params' leaves (float32 params keep float32 values even under x64)."""
+    params' leaves, at least float32 (float32 params keep float32 values even under x64; in
+    bfloat16, ``b2 = 0.999`` would round to 1 and Adam's second moment would vanish)."""
     floats = [
         jnp.result_type(x)
         for x in jax.tree.leaves(params)
         if jnp.issubdtype(jnp.result_type(x), jnp.floating)
     ]
-    return jax.dtypes.canonicalize_dtype(jnp.result_type(*floats) if floats else float)
+    widest = jax.dtypes.canonicalize_dtype(jnp.result_type(*floats) if floats else float)
+    return jnp.promote_types(widest, jnp.float32)
 
 
 def initial_hyperparams(runtime: dict[str, Any], params: Any) -> dict[str, jax.Array]:
