@@ -185,7 +185,8 @@ def _run_x64(problem, names, start, steps, tol, lr, out):
         seconds = time.perf_counter() - t0
         taken = int(res.steps_taken)
         label = name if rate is None else f"{name} (lr {rate:g})"
-        paths[label] = _path(fn, x0, opt, taken)
+        # the points the run visited, recorded by fit itself (one chunk per step)
+        paths[label] = np.asarray(jd.fit(fn, x0, opt, steps=steps, tol=tol, trace=1).trace)
         curves[label] = np.asarray(res.losses)
         end = np.asarray(res.params)
         results.append(
@@ -236,23 +237,3 @@ def _run_x64(problem, names, start, steps, tol, lr, out):
     print("\n(time: one compiled run, after a first call that compiled it)")
     print(f"wrote {', '.join(figures)} to {shown(out)}")
     return results
-
-
-def _path(fn: Callable, x0: Any, opt: Any, steps: int):
-    """The iterates ``x_0 .. x_steps`` of ``opt`` on ``fn`` (the points ``fit`` visits)."""
-    import jax
-    import numpy as np
-
-    import jaxdescent as jd
-
-    step = jd.make_step(fn, opt)
-
-    def body(carry, _):
-        x, state = carry
-        x, state, _, _ = step(x, state)
-        return (x, state), x
-
-    if steps == 0:
-        return np.asarray(x0)[None]
-    _, xs = jax.jit(lambda x: jax.lax.scan(body, (x, opt.init(x)), length=steps))(x0)
-    return np.concatenate([np.asarray(x0)[None], np.asarray(xs)])

@@ -128,14 +128,14 @@ def test_compare_saddle_plain_newton_stops_on_it_the_others_escape(tmp_path, cap
         assert (tmp_path / name).stat().st_size > 1000
 
 
-def test_path_matches_fit():
+def test_fit_trace_is_the_path_compare_draws():
     import jax.numpy as jnp
     import numpy as np
 
     import jaxdescent as jd
 
     opt = jd.optim.sgd(0.1)
-    path = compare._path(lambda x: jnp.sum(x**2), jnp.array([1.0, -2.0]), opt, 3)
+    path = jd.fit(lambda x: jnp.sum(x**2), jnp.array([1.0, -2.0]), opt, steps=3, trace=1).trace
     np.testing.assert_allclose(
         path, [[1.0, -2.0], [0.8, -1.6], [0.64, -1.28], [0.512, -1.024]], rtol=1e-6
     )
@@ -245,3 +245,22 @@ def test_console_script_and_python_m(tmp_path):
     assert done.returncode == 2
     assert done.stderr.count("\n") == 1 and "rosenbrock" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_the_command_keeps_compiled_programs_between_runs(tmp_path):
+    """``enable_compilation_cache`` points JAX's persistent cache at JAXDESCENT_CACHE_DIR
+    (``""`` turns it off); run in a subprocess, since it sets global JAX options."""
+    import subprocess
+    import sys
+
+    code = (
+        "import jax, jax.numpy as jnp; from jaxdescent.cli import enable_compilation_cache as e; "
+        "print(e()); jax.jit(lambda x: jnp.sin(x) @ x.T)(jnp.ones((300, 300))).block_until_ready()"
+    )
+    env = {**__import__("os").environ, "JAXDESCENT_CACHE_DIR": str(tmp_path / "xla")}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == str(tmp_path / "xla") and (tmp_path / "xla").is_dir()
+    env["JAXDESCENT_CACHE_DIR"] = ""
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert out.returncode == 0 and out.stdout.strip() == "None", out.stderr
