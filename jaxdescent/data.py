@@ -82,6 +82,15 @@ def batch_at(data: Any, key: jax.Array, step: jax.typing.ArrayLike, batch_size: 
     """
     n = num_examples(data)
     batch_size = check_int("batch_size", batch_size, minimum=1)
+    if batch_size > n:
+        raise ValueError(
+            f"batch_size must be at most the number of examples ({n}); got {batch_size}"
+        )
+    if not isinstance(step, jax.core.Tracer):
+        if isinstance(step, bool) or not jnp.issubdtype(jnp.asarray(step).dtype, jnp.integer):
+            raise TypeError(f"step must be an integer; got {step!r}")
+        if int(step) < 0:
+            raise ValueError(f"step must be >= 0; got {int(step)}")
     per_epoch = batches_per_epoch(n, batch_size)
     step = jnp.asarray(step)
     perm = epoch_permutation(key, step // per_epoch, n)

@@ -35,8 +35,12 @@ __all__ = [
 
 
 def _as_float(leaf: Any) -> jax.Array:
+    """A float leaf, at least float32: LAPACK (eigh, solves) has no half-precision kernels, so
+    float16/bfloat16 params are analysed in float32."""
     leaf = jnp.asarray(leaf)
-    return leaf if jnp.issubdtype(leaf.dtype, jnp.floating) else leaf.astype(jnp.float32)
+    if not jnp.issubdtype(leaf.dtype, jnp.floating) or jnp.finfo(leaf.dtype).bits < 32:
+        return leaf.astype(jnp.float32)
+    return leaf
 
 
 def _flat_loss(loss: Callable, params: Any, args: tuple) -> tuple[Callable, jax.Array]:
@@ -64,6 +68,16 @@ def _compiled(impl: Callable, loss: Callable, *rest: Any):
     The programs live in jaxdescent's one cache (:mod:`jaxdescent._engine.cache`), which
     holds ``loss`` weakly: a loss closing over a large data set is released with it.
     """
+    params, args = rest[0], rest[1]
+    try:
+        out = jax.eval_shape(lambda p: loss(p, *args), params)
+    except Exception as err:  # the user's loss failed to trace: say which call
+        raise ValueError(f"calling loss(params, *args) failed: {err}") from err
+    if not (hasattr(out, "shape") and out.shape == () and jnp.issubdtype(out.dtype, jnp.floating)):
+        got = f"shape {getattr(out, 'shape', None)} and dtype {getattr(out, 'dtype', type(out))}"
+        raise ValueError(
+            f"loss must return a floating-point scalar (shape ()), as fit requires; got {got}"
+        )
     return cached(loss, ("diagnostics", impl), lambda: _jitted(impl, owner_ref(loss)))(*rest)
 
 
@@ -174,26 +188,32 @@ def hessian_spectrum(
     method: str = "eigh",
     k: int | None = None,
     key: jax.Array | None = None,
+    iterations: int | None = None,
 ) -> jax.Array:
     r"""Eigenvalues of the Hessian at ``params``, ascending.
 
-    ``method='eigh'`` forms the Hessian and returns all ``n`` eigenvalues (exact, ``n^2``
-    memory, ``n^3`` time), or the ``k`` smallest and ``k`` largest when ``k`` is given.
+    ``k`` means the same for both methods (as ``which="BE"`` in scipy's ``eigsh``, by count
+    per end): the ``k`` smallest and the ``k`` largest eigenvalues, ``2k`` values ascending
+    (all of them when ``2k >= n``); ``None`` returns every eigenvalue the method computes.
 
-    ``method='lanczos'`` runs ``k`` steps of the Lanczos iteration (default ``min(n, 30)``)
-    over Hessian-vector products, with full reorthogonalisation, and returns the ``k``
-    Ritz values. It never forms the Hessian: memory is ``O(k n)`` and time ``k`` Hessian-vector
-    products. The *extreme* Ritz values (first and last) converge first, to the smallest and
-    largest eigenvalues; interior ones are rough. With ``k = n`` they are all eigenvalues
-    (up to rounding).
+    ``method='eigh'`` forms the Hessian and computes all ``n`` eigenvalues (exact, ``n^2``
+    memory, ``n^3`` time).
+
+    ``method='lanczos'`` runs ``iterations`` steps of the Lanczos iteration (default
+    ``min(n, max(30, 2k))``) over Hessian-vector products, with full reorthogonalisation, and
+    computes that many Ritz values. It never forms the Hessian: memory is ``O(m n)`` and time
+    ``m`` Hessian-vector products for ``m`` iterations. The *extreme* Ritz values converge
+    first, to the smallest and largest eigenvalues; interior ones are rough. With ``m = n``
+    they are all eigenvalues (up to rounding).
 
     Args:
       loss: ``loss(params, *args) -> scalar``.
       params: where to evaluate, any pytree.
       *args: passed on to ``loss`` (e.g. a data batch).
       method: ``'eigh'`` or ``'lanczos'``.
-      k: see above; at least 1, and at most ``n`` for Lanczos.
+      k: eigenvalues from each end of the spectrum (at least 1); see above.
       key: PRNG key for Lanczos' random start vector (default ``jax.random.key(0)``).
+      iterations: Lanczos steps ``m``, at most ``n`` (``'lanczos'`` only).
 
     Example:
       >>> import jax.numpy as jnp, jaxdescent as jd
@@ -210,16 +230,27 @@ def hessian_spectrum(
     if k is not None:
         k = check_int("k", k, minimum=1)
     if method == "eigh":
-        eigenvalues = _compiled(_eigenvalues_impl, loss, params, args)
-        if k is not None and 2 * k < n:
-            eigenvalues = jnp.concatenate([eigenvalues[:k], eigenvalues[-k:]])
-        return eigenvalues
-    k = min(n, 30) if k is None else k
-    if k > n:
-        raise ValueError(f"k must be at most the number of parameters ({n}) for lanczos; got {k}")
+        if iterations is not None:
+            raise ValueError("iterations applies to method='lanczos' only; got method='eigh'")
+        return _ends(_compiled(_eigenvalues_impl, loss, params, args), k)
+    if iterations is None:
+        iterations = min(n, max(30, 2 * (k or 0)))
+    iterations = check_int("iterations", iterations, minimum=1)
+    if iterations > n:
+        raise ValueError(
+            f"iterations must be at most the number of parameters ({n}) for lanczos; got "
+            f"{iterations}"
+        )
     if key is None:
         key = jax.random.key(0)
-    return _compiled(_lanczos_impl, loss, params, args, k, key)
+    return _ends(_compiled(_lanczos_impl, loss, params, args, iterations, key), k)
+
+
+def _ends(values: jax.Array, k: int | None) -> jax.Array:
+    """The ``k`` smallest and ``k`` largest of ascending ``values`` (all when ``2k >= m``)."""
+    if k is None or 2 * k >= values.shape[0]:
+        return values
+    return jnp.concatenate([values[:k], values[-k:]])
 
 
 def condition_number(

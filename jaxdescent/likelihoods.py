@@ -32,7 +32,7 @@ import jax
 import jax.numpy as jnp
 from jax.scipy.special import gammaln
 
-from jaxdescent._checks import check_positive
+from jaxdescent._checks import check_bool, check_positive
 
 __all__ = ["Bernoulli", "Categorical", "Gaussian", "Laplace", "Likelihood", "Poisson"]
 
@@ -99,12 +99,28 @@ class Likelihood:
         raise NotImplementedError(f"{type(self).__name__} has no Fisher information")
 
 
+def _standardised(residual: jax.Array, log_scale: jax.Array) -> jax.Array:
+    """``residual * exp(-log_scale)`` as ``sign(r) exp(log|r| - log_scale)``: finite (and with
+    finite gradients) when ``exp(-log_scale)`` alone would overflow, e.g. float32 with
+    ``log_scale <= -89`` where ``0 * exp(89)`` gave NaN for an exactly fitted point."""
+    zero = residual == 0
+    safe = jnp.where(zero, 1.0, residual)
+    scaled = jnp.sign(safe) * jnp.exp(jnp.log(jnp.abs(safe)) - jnp.where(zero, 0.0, log_scale))
+    return jnp.where(zero, 0.0, scaled)
+
+
+def _log_factorial(y: jax.Array) -> jax.Array:
+    """``log y!`` exactly 0 at ``y = 0`` and ``1`` (float32 ``gammaln(1.0)`` is 4.8e-7)."""
+    return jnp.where(y <= 1, 0.0, gammaln(jnp.maximum(y, 1.0) + 1.0))
+
+
 @dataclasses.dataclass(frozen=True)
 class _LocationScale(Likelihood):
     scale: float = 1.0
     learn_scale: bool = False
 
     def __post_init__(self):
+        check_bool("learn_scale", self.learn_scale)
         if not self.learn_scale:
             check_positive("scale", self.scale)
 
@@ -149,12 +165,12 @@ class Gaussian(_LocationScale):
 
     def log_prob(self, output, y):
         loc, log_scale = self._parts(output, y)
-        z = (y - loc) * jnp.exp(-log_scale)
+        z = _standardised(y - loc, log_scale)
         return -0.5 * z * z - log_scale - _HALF_LOG_2PI
 
     def log_prob_kernel(self, output, y):
         loc, log_scale = self._parts(output, y)
-        z = (y - loc) * jnp.exp(-log_scale)
+        z = _standardised(y - loc, log_scale)
         return -0.5 * z * z - (log_scale if self.learn_scale else 0.0)
 
 
@@ -171,11 +187,11 @@ class Laplace(_LocationScale):
 
     def log_prob(self, output, y):
         loc, log_scale = self._parts(output, y)
-        return -jnp.abs(y - loc) * jnp.exp(-log_scale) - log_scale - math.log(2.0)
+        return -jnp.abs(_standardised(y - loc, log_scale)) - log_scale - math.log(2.0)
 
     def log_prob_kernel(self, output, y):
         loc, log_scale = self._parts(output, y)
-        kernel = -jnp.abs(y - loc) * jnp.exp(-log_scale)
+        kernel = -jnp.abs(_standardised(y - loc, log_scale))
         return kernel - log_scale if self.learn_scale else kernel
 
 
@@ -213,7 +229,7 @@ class Bernoulli(Likelihood):
 
         y = np.asarray(y)
         if y.size and (np.any(y < 0) or np.any(y > 1)):
-            bad = y[(y < 0) | (y > 1)].ravel()[0]
+            bad = y[(y < 0) | (y > 1)].ravel()[0].item()
             raise ValueError(
                 f"Bernoulli targets must be labels in {{0, 1}} (or probabilities in [0, 1]); "
                 f"got a value {bad!r}"
@@ -241,8 +257,16 @@ class Categorical(Likelihood):
                 )
             return jnp.take_along_axis(log_p, y[..., None], axis=-1)[..., 0]
         if y.shape != output.shape:
+            if y.shape == output.shape[:-1]:  # class indices given as floats
+                raise TypeError(
+                    f"Categorical class labels must be integers; got {y.dtype} labels of shape "
+                    f"{y.shape}. Cast them (labels.astype(jnp.int32)), or pass one-hot / "
+                    f"probability targets of the logits' shape {output.shape}"
+                )
             raise ValueError(
-                f"one-hot targets must have the logits' shape {output.shape}; got {y.shape}"
+                f"targets must be integer labels of shape {output.shape[:-1]} or one-hot / "
+                f"probability vectors of the logits' shape {output.shape}; got {y.dtype} of "
+                f"shape {y.shape}"
             )
         return jnp.sum(jnp.where(y == 0, 0.0, y * log_p), axis=-1)
 
@@ -269,7 +293,7 @@ class Categorical(Likelihood):
         y = np.asarray(y)
         if np.issubdtype(y.dtype, np.integer) and y.size:
             if y.min() < 0 or (num_classes is not None and y.max() >= num_classes):
-                bad = y.min() if y.min() < 0 else y.max()
+                bad = (y.min() if y.min() < 0 else y.max()).item()
                 expected = f"in [0, {num_classes})" if num_classes is not None else ">= 0"
                 raise ValueError(
                     f"Categorical labels must be integers {expected}, one per class of the "
@@ -286,7 +310,7 @@ class Poisson(Likelihood):
 
     def log_prob(self, output, y):
         (eta,) = _align(output, y, 1)
-        return y * eta - jnp.exp(eta) - gammaln(y + 1.0)
+        return y * eta - jnp.exp(eta) - _log_factorial(y)
 
     def log_prob_kernel(self, output, y):
         (eta,) = _align(output, y, 1)
@@ -304,4 +328,6 @@ class Poisson(Likelihood):
 
         y = np.asarray(y)
         if y.size and np.any(y < 0):
-            raise ValueError(f"Poisson targets must be counts >= 0; got {y[y < 0].ravel()[0]!r}")
+            raise ValueError(
+                f"Poisson targets must be counts >= 0; got {y[y < 0].ravel()[0].item()!r}"
+            )

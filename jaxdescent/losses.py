@@ -163,12 +163,21 @@ def binary_cross_entropy(logits, labels, reduction: str = "mean") -> jax.Array:
     wrt ``z`` is ``sigmoid(z) - y``, near 1 in size for a confidently wrong answer.
     """
     logits = jnp.asarray(logits)
+    if not isinstance(labels, jax.core.Tracer):  # concrete labels: check their range
+        Bernoulli().check_targets(labels)
     return _reduce(-Bernoulli().log_prob(logits, jnp.asarray(labels, logits.dtype)), reduction)
 
 
 def softmax_cross_entropy(logits, labels, reduction: str = "mean") -> jax.Array:
-    r"""Cross-entropy ``-log softmax(z)_y`` for integer labels or one-hot/probability targets."""
-    return _reduce(-Categorical().log_prob(jnp.asarray(logits), labels), reduction)
+    r"""Cross-entropy ``-log softmax(z)_y`` for integer labels or one-hot/probability targets.
+
+    Concrete integer labels must lie in ``[0, classes)`` (a label of -1 would otherwise pick
+    the last class silently).
+    """
+    logits = jnp.asarray(logits)
+    if not isinstance(labels, jax.core.Tracer):
+        Categorical().check_targets(labels, num_classes=logits.shape[-1] if logits.ndim else None)
+    return _reduce(-Categorical().log_prob(logits, labels), reduction)
 
 
 def poisson_nll(log_rate, counts, reduction: str = "mean", *, full: bool = False) -> jax.Array:

@@ -984,3 +984,90 @@ def test_bad_engine_options(no_loop_compile, call, error, fragments):
 def test_checkpoint_save_refuses_a_string_leaf(tmp_path):
     with pytest.raises(TypeError, match=r"leaf \['name'\] is str"):
         jd.checkpoint.save(tmp_path / "c.jdc", {"w": jnp.ones(2), "name": "run-1"})
+
+
+# --- numerics, labels and messages outside the engine (issue 12) ------------------------------
+
+DATA_CASES = [
+    (
+        "softmax-ce-label-minus-one",
+        lambda: jd.losses.softmax_cross_entropy(jnp.zeros((3, 4)), jnp.array([0, 1, -1])),
+        ValueError,
+        ["labels must be integers in [0, 4)", "-1"],
+    ),
+    (
+        "softmax-ce-label-too-large",
+        lambda: jd.losses.softmax_cross_entropy(jnp.zeros((3, 4)), jnp.array([0, 1, 4])),
+        ValueError,
+        ["[0, 4)", "got a label 4"],
+    ),
+    (
+        "binary-ce-label-two",
+        lambda: jd.losses.binary_cross_entropy(jnp.zeros(3), jnp.array([0.0, 1.0, 2.0])),
+        ValueError,
+        ["{0, 1}", "2.0"],
+    ),
+    (
+        "categorical-float-labels",
+        lambda: fit_data(
+            CAT,
+            data=(X, jnp.array([0.0, 1, 2, 3, 0, 1, 2, 3])),
+            params=CLASSIFIER.init(jax.random.key(0)),
+        ),
+        ValueError,
+        ["labels must be integers", "astype(jnp.int32)"],
+    ),
+    (
+        "gaussian-learn-scale-string",
+        lambda: jd.likelihoods.Gaussian(learn_scale="no"),
+        TypeError,
+        ["learn_scale", "True or False", "'no'"],
+    ),
+    (
+        "laplace-learn-scale-int",
+        lambda: jd.likelihoods.Laplace(learn_scale=1),
+        TypeError,
+        ["learn_scale", "True or False"],
+    ),
+    (
+        "diagnostics-vector-loss",
+        lambda: jd.diagnostics.hessian_spectrum(lambda x: x**2, jnp.ones(3)),
+        ValueError,
+        ["scalar", "shape (3,)"],
+    ),
+    (
+        "diagnostics-lanczos-iterations-too-many",
+        lambda: jd.diagnostics.hessian_spectrum(quad, jnp.ones(2), method="lanczos", iterations=5),
+        ValueError,
+        ["iterations", "at most", "(2)", "5"],
+    ),
+    (
+        "batch-at-too-large",
+        lambda: jd.data.batch_at((X, Y), jax.random.key(0), 0, 9),
+        ValueError,
+        ["batch_size", "at most", "(8)", "9"],
+    ),
+    (
+        "batch-at-negative-step",
+        lambda: jd.data.batch_at((X, Y), jax.random.key(0), -1, 2),
+        ValueError,
+        ["step", ">= 0", "-1"],
+    ),
+    (
+        "two-moons-zero",
+        lambda: jd.problems.two_moons(jax.random.key(0), 0),
+        ValueError,
+        ["n", ">= 1", "0"],
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("call", "error", "fragments"),
+    [c[1:] for c in DATA_CASES],
+    ids=[c[0] for c in DATA_CASES],
+)
+def test_bad_data_labels_and_diagnostics_input(no_loop_compile, call, error, fragments):
+    with pytest.raises(error) as excinfo:
+        call()
+    assert_clear(excinfo, fragments)

@@ -80,8 +80,14 @@ def test_lanczos_extreme_eigenvalues_agree_with_eigh(x64):
     }
     exact = np.asarray(jd.diagnostics.hessian_spectrum(loss, params, (xs, ys)))
     assert exact.size == 41 and exact[0] < 0 < exact[-1]  # indefinite: both signs
-    ritz = jd.diagnostics.hessian_spectrum(loss, params, (xs, ys), method="lanczos", k=25)
+    ritz = jd.diagnostics.hessian_spectrum(loss, params, (xs, ys), method="lanczos", iterations=25)
     assert ritz.shape == (25,)
+    # k means the same for both methods: the k smallest and k largest
+    ends = jd.diagnostics.hessian_spectrum(loss, params, (xs, ys), method="lanczos", k=3)
+    assert ends.shape == (6,)
+    np.testing.assert_allclose(np.asarray(ends)[[0, -1]], exact[[0, -1]], rtol=1e-3)
+    exact_ends = jd.diagnostics.hessian_spectrum(loss, params, (xs, ys), k=3)
+    np.testing.assert_allclose(exact_ends, np.concatenate([exact[:3], exact[-3:]]))
     np.testing.assert_allclose(ritz[-1], exact[-1], rtol=1e-6)
     np.testing.assert_allclose(ritz[0], exact[0], rtol=1e-3)
     assert exact[0] - 1e-9 <= float(ritz.min()) and float(ritz.max()) <= exact[-1] + 1e-9
@@ -90,7 +96,9 @@ def test_lanczos_extreme_eigenvalues_agree_with_eigh(x64):
 def test_lanczos_survives_breakdown_and_runs_matrix_free_on_a_million_parameters():
     # two distinct eigenvalues: the Krylov space is invariant after 2 steps
     f, _ = _rotated_quadratic(np.array([2.0] * 10 + [-1.0] * 10))
-    ritz = np.asarray(jd.diagnostics.hessian_spectrum(f, jnp.zeros(20), method="lanczos", k=8))
+    ritz = np.asarray(
+        jd.diagnostics.hessian_spectrum(f, jnp.zeros(20), method="lanczos", iterations=8)
+    )
     assert np.all(np.isfinite(ritz))
     np.testing.assert_allclose(np.sort(np.unique(np.round(ritz, 4))), [-1.0, 2.0])
 
@@ -100,7 +108,7 @@ def test_lanczos_survives_breakdown_and_runs_matrix_free_on_a_million_parameters
     def big(x):
         return 0.5 * jnp.sum(scales * x**2)
 
-    ritz = jd.diagnostics.hessian_spectrum(big, jnp.zeros(n), method="lanczos", k=12)
+    ritz = jd.diagnostics.hessian_spectrum(big, jnp.zeros(n), method="lanczos", iterations=12)
     assert float(ritz[-1]) == pytest.approx(3.0, rel=1e-2)
     assert float(ritz[0]) == pytest.approx(0.5, rel=1e-1)
 
@@ -144,8 +152,18 @@ def test_classification_rules():
 def test_argument_errors():
     with pytest.raises(ValueError, match="method"):
         jd.diagnostics.hessian_spectrum(jd.problems.saddle, jnp.zeros(2), method="power")
-    with pytest.raises(ValueError, match="k must be at most"):
-        jd.diagnostics.hessian_spectrum(jd.problems.saddle, jnp.zeros(2), method="lanczos", k=3)
+    with pytest.raises(ValueError, match="iterations must be at most"):
+        jd.diagnostics.hessian_spectrum(
+            jd.problems.saddle, jnp.zeros(2), method="lanczos", iterations=3
+        )
+    with pytest.raises(ValueError, match="'lanczos' only"):
+        jd.diagnostics.hessian_spectrum(jd.problems.saddle, jnp.zeros(2), iterations=3)
+    with pytest.raises(ValueError, match="scalar"):  # a vector-valued loss
+        jd.diagnostics.hessian(lambda x: x**2, jnp.ones(2))
+    # half precision is analysed in float32 (LAPACK has no float16 kernels)
+    for dtype in (jnp.float16, jnp.bfloat16):
+        spectrum = jd.diagnostics.hessian_spectrum(jd.problems.saddle, jnp.zeros(2, dtype))
+        np.testing.assert_allclose(spectrum, [-2.0, 2.0], rtol=1e-6)
     with pytest.raises(ValueError, match="tol"):
         jd.diagnostics.classify_critical_point(jd.problems.saddle, jnp.zeros(2), tol=-1.0)
     with pytest.raises(ValueError, match="eig_tol"):

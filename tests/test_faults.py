@@ -145,7 +145,7 @@ INJECTED_SGD = optax.inject_hyperparams(jd.optim.sgd)(learning_rate=0.05)
 
 
 def assert_close(a, b):
-    np.testing.assert_allclose(a, b, rtol=1e-6, atol=0)
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=0)  # vmap may reorder float32 sums
 
 
 def test_diverging_restarts_leave_the_others_intact():

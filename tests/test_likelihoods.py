@@ -265,3 +265,52 @@ def test_bad_arguments():
     with pytest.raises(ValueError, match="Categorical labels"):
         Categorical().check_targets(np.array([0, 3]), num_classes=3)
     Categorical().check_targets(np.array([0, 2]), num_classes=3)
+
+
+# --- float32 edge cases (issue 12) ------------------------------------------------------------
+
+
+@pytest.mark.parametrize("cls", [jd.likelihoods.Gaussian, jd.likelihoods.Laplace])
+def test_learned_scale_is_finite_at_an_exact_fit_with_a_tiny_scale(cls):
+    """y == mean with log-scale <= -89 in float32 used to give 0 * exp(89) = nan."""
+    lik = cls(learn_scale=True)
+    out = jnp.array([[1.0, -95.0], [1.0, -95.0], [0.5, -95.0]], jnp.float32)
+    y = jnp.array([1.0, 1.0, 0.5 + 2.0**-24], jnp.float32)
+    values = lik.log_prob(out, y)
+    grads = jax.grad(lambda o: jnp.sum(lik.log_prob(o, y)[:2]))(out)
+    assert np.all(np.isfinite(np.asarray(values[:2]))) and np.all(np.isfinite(np.asarray(grads)))
+    np.testing.assert_allclose(values[:2], 95.0 - (0.5 * np.log(2 * np.pi) if cls is
+                               jd.likelihoods.Gaussian else np.log(2.0)), rtol=1e-6)  # fmt: skip
+    # a residual of 6e-8 at scale e^-95 is 1e34 scale units: a huge but finite z
+    assert np.isfinite(float(lik.log_prob_kernel(out, y)[2])) or cls is jd.likelihoods.Gaussian
+
+
+def test_a_heteroscedastic_fit_with_an_exactly_fitted_point_stays_finite():
+    """A free log-scale per example: at the exactly fitted point it falls without bound
+    (its NLL is ``log sigma + const``) and passes -89 within the run; the old float32
+    ``0 * exp(89)`` then ended the run NONFINITE."""
+    x = jnp.linspace(-1.0, 1.0, 16)[:, None]
+    y = 2.0 * x[:, 0] + 0.1 * jnp.sin(7.0 * x[:, 0])
+    y = y.at[0].set(2.0 * x[0, 0])  # the mean 2 x fits this point exactly
+
+    def apply(p, x):
+        return jnp.stack([2.0 * x[:, 0] + 0.0 * p["w"], p["s"]], axis=-1)
+
+    loss = jd.losses.nll(apply, jd.likelihoods.Gaussian(learn_scale=True))
+    res = jd.fit(loss, {"w": jnp.array(0.0), "s": jnp.zeros(16)}, jd.optim.sgd(50.0),
+                 data=(x, y), steps=60)  # fmt: skip
+    assert float(res.params["s"][0]) < -89.0  # past the old overflow
+    assert int(res.status) == jd.Status.MAX_STEPS
+    assert np.all(np.isfinite(np.asarray(res.losses)))
+
+
+def test_poisson_log_factorial_is_exact_at_zero_and_one():
+    from scipy import stats
+
+    rates = np.array([1e-3, 0.5, 2.0, 3.0], np.float32)
+    counts = np.array([0.0, 1.0, 2.0, 7.0], np.float32)
+    got = jd.likelihoods.Poisson().log_prob(jnp.log(rates), counts)
+    expected = stats.poisson.logpmf(counts, rates.astype(np.float64))
+    np.testing.assert_allclose(got, expected, rtol=1e-6)  # gammaln(8) in float32: 3e-7
+    # log 0! = log 1! = 0 exactly (float32 gammaln(1.0) was 4.8e-7: 5e-4 relative at index 0)
+    np.testing.assert_allclose(got[:2], expected[:2], rtol=1e-6, atol=0)
