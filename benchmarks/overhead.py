@@ -1,0 +1,195 @@
+"""Issue 11's loop-overhead measurements, side by side in one process.
+
+    python -m benchmarks.overhead fresh       # fresh optimizers per call; Newton vs SciPy
+    python -m benchmarks.overhead logreg      # fit / hand lax.scan, logistic regression
+    python -m benchmarks.overhead mlp         # fit / hand lax.scan, MLP 512x8-64-64-1
+    python -m benchmarks.overhead multistart  # multistart / hand vmapped scan, 1024 restarts
+    python -m benchmarks.overhead first_fit   # first call in a fresh process (run each in a
+    python -m benchmarks.overhead first_hand  # new process and compare the two)
+
+Warm medians; the ratios, not the times, are what carries over between machines.
+"""
+
+import statistics
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+import jaxdescent as jd
+
+
+def timeit(fn, r=5):
+    fn()
+    ts = []
+    for _ in range(r):
+        t = time.perf_counter()
+        jax.block_until_ready(fn())
+        ts.append(time.perf_counter() - t)
+    return statistics.median(ts)
+
+
+def hand_fit(loss, p0, opt, data, steps):
+    @jax.jit
+    def run(p, data):
+        def body(c, _):
+            p, s = c
+            v, g = jax.value_and_grad(loss)(p, data)
+            u, s = opt.update(g, s, p)
+            return (optax.apply_updates(p, u), s), v
+
+        (p, _s), vs = jax.lax.scan(body, (p, opt.init(p)), length=steps)
+        return p, vs
+
+    return lambda: run(p0, data)
+
+
+def main(case: str) -> None:
+    if case == "fresh":
+        f = jd.problems.rosenbrock
+        x0 = jnp.array([-1.2, 1.0])
+        jd.fit(f, x0, jd.optim.adam(1e-3), steps=2000)
+        warm = timeit(lambda: jd.fit(f, x0, jd.optim.adam(1e-3), steps=2000).params)
+        ts = []
+        for i in range(5):
+            t = time.perf_counter()
+            jax.block_until_ready(jd.fit(f, x0, jd.optim.adam(1e-3 * (i + 2)), steps=2000).params)
+            ts.append(time.perf_counter() - t)
+        ts2 = []
+        for _ in range(5):
+            t = time.perf_counter()
+            jax.block_until_ready(jd.fit(f, x0, optax.adam(3e-3), steps=2000).params)
+            ts2.append(time.perf_counter() - t)
+        print(
+            f"fresh jd.adam per call {statistics.median(ts) * 1e3:.2f} ms, fresh optax.adam {statistics.median(ts2[1:]) * 1e3:.2f} ms, warm same object {warm * 1e3:.2f} ms"
+        )
+        # newton logistic regression n=20000 d=100 vs scipy
+        key = jax.random.key(0)
+        x = jax.random.normal(key, (20000, 100))
+        w = jax.random.normal(jax.random.key(1), (100,)) * 0.1
+        y = (jax.random.uniform(jax.random.key(2), (20000,)) < jax.nn.sigmoid(x @ w)).astype(
+            jnp.float32
+        )
+        loss = jd.losses.nll(lambda p, x: x @ p, jd.likelihoods.Bernoulli())
+        jd.fit(
+            loss,
+            jnp.zeros(100),
+            jd.optim.newton(line_search=True),
+            data=(x, y),
+            steps=20,
+            tol=1e-5,
+        )
+        ts = []
+        for i in range(3):
+            t = time.perf_counter()
+            r = jd.fit(
+                loss,
+                jnp.zeros(100),
+                jd.optim.newton(damping=1e-4 * (i + 1), line_search=True),
+                data=(x, y),
+                steps=20,
+                tol=1e-5,
+            )
+            jax.block_until_ready(r.params)
+            ts.append(time.perf_counter() - t)
+        from scipy.optimize import minimize
+
+        X = np.asarray(x, np.float64)
+        Y = np.asarray(y, np.float64)
+
+        def fun(w):
+            z = X @ w
+            return np.mean(np.logaddexp(0, z) - Y * z)
+
+        def grad(w):
+            p = 1 / (1 + np.exp(-X @ w))
+            return X.T @ (p - Y) / len(Y)
+
+        def hess(w):
+            p = 1 / (1 + np.exp(-X @ w))
+            return (X * (p * (1 - p))[:, None]).T @ X / len(Y)
+
+        t = time.perf_counter()
+        minimize(fun, np.zeros(100), jac=grad, hess=hess, method="Newton-CG", tol=1e-8)
+        ts_sc = time.perf_counter() - t
+        print(
+            f"newton logreg fresh rule per call {statistics.median(ts):.3f} s ({r.steps_taken} steps), scipy Newton-CG {ts_sc:.3f} s"
+        )
+    elif case == "logreg":
+        x = jax.random.normal(jax.random.key(0), (256, 10))
+        y = (x[:, 0] > 0).astype(jnp.float32)
+        loss = jd.losses.nll(lambda p, x: x @ p["w"] + p["b"], jd.likelihoods.Bernoulli())
+        p0 = {"w": jnp.zeros(10), "b": jnp.zeros(())}
+        opt = jd.optim.adam(1e-2)
+        a = timeit(lambda: jd.fit(loss, p0, opt, data=(x, y), steps=5000).params)
+        b = timeit(hand_fit(loss, p0, opt, (x, y), 5000))
+        c = timeit(
+            lambda: jd.fit(loss, p0, opt, data=(x, y), steps=5000, record_every=None).params
+        )
+        print(
+            f"logreg fit {a * 1e3:.1f} ms, hand scan {b * 1e3:.1f} ms, ratio {a / b:.2f}; no history {c / b:.2f}"
+        )
+    elif case == "mlp":
+        x = jax.random.normal(jax.random.key(0), (512, 8))
+        y = jnp.sin(x).sum(1)
+        m = jd.models.mlp([8, 64, 64, 1])
+        loss = jd.losses.nll(m.apply, jd.likelihoods.Gaussian())
+        p0 = m.init(jax.random.key(1))
+        opt = jd.optim.adam(1e-3)
+        a = timeit(lambda: jd.fit(loss, p0, opt, data=(x, y), steps=2000).params, 3)
+        b = timeit(hand_fit(loss, p0, opt, (x, y), 2000), 3)
+        print(f"mlp fit {a * 1e3:.1f} ms, hand scan {b * 1e3:.1f} ms, ratio {a / b:.2f}")
+    elif case in ("first_fit", "first_hand"):
+        x = jax.random.normal(jax.random.key(0), (512, 8))
+        y = jnp.sin(x).sum(1)
+        m = jd.models.mlp([8, 64, 64, 1])
+        loss = jd.losses.nll(m.apply, jd.likelihoods.Gaussian())
+        p0 = m.init(jax.random.key(1))
+        opt = jd.optim.adam(1e-3)
+        jax.block_until_ready((x, y, p0))
+        t = time.perf_counter()
+        if case == "first_fit":
+            jax.block_until_ready(jd.fit(loss, p0, opt, data=(x, y), steps=2000).params)
+        else:
+            jax.block_until_ready(hand_fit(loss, p0, opt, (x, y), 2000)())
+        print(case, f"{time.perf_counter() - t:.3f}")
+    elif case == "multistart":
+        f = jd.problems.rosenbrock
+        opt = jd.optim.adam(1e-3)
+
+        def init(k):
+            return jax.random.uniform(k, (2,), minval=-2, maxval=2)
+
+        key = jax.random.key(0)
+        a = timeit(
+            lambda: jd.multistart(init, f, opt, key=key, restarts=1024, steps=1000).params, 3
+        )
+        keys = jax.random.split(key, 1024)
+
+        @jax.jit
+        def hand(keys):
+            def one(k):
+                p = init(k)
+
+                def body(c, _):
+                    p, s = c
+                    v, g = jax.value_and_grad(f)(p)
+                    u, s = opt.update(g, s, p)
+                    return (optax.apply_updates(p, u), s), v
+
+                (p, _s), vs = jax.lax.scan(body, (p, opt.init(p)), length=1000)
+                return p, vs
+
+            return jax.vmap(one)(keys)
+
+        b = timeit(lambda: hand(keys), 3)
+        print(
+            f"multistart {a * 1e3:.1f} ms, hand vmapped scan {b * 1e3:.1f} ms, ratio {a / b:.2f}"
+        )
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])
