@@ -324,7 +324,12 @@ def test_no_rule_takes_a_step_that_raises_a_float32_loss(make):
         res = jd.fit(lambda x: 1e5 + jnp.cos(x[0]), x0, make(), steps=30)
     seen = np.asarray(res.losses)
     seen = seen[np.isfinite(seen)]
-    assert np.all(np.diff(seen) <= 0), seen
-    assert float(res.final_loss) <= seen[-1]
+    # Newton's rules judge a step by the loss itself: it never rises. The Gauss-Newton rules
+    # judge it by the likelihood's kernel (-z^2 / 2, without the constant log(2 pi) / 2);
+    # adding that constant in float32 may round the recorded loss up by one ulp (0.0078 at
+    # 1e5), far from the ~120 ulps of the old fault
+    slack = 0.0 if make not in (jd.optim.gauss_newton, jd.optim.levenberg_marquardt) else 2**-7
+    assert np.all(np.diff(seen) <= slack), seen
+    assert float(res.final_loss) <= seen[-1] + slack
     if make is not jd.optim.gauss_newton:  # its model (J ~ 0 here) may jump to another minimum
         assert abs(float(res.params[0]) - np.pi) < 1.3 + 1e-6, res.params
