@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+import jaxdescent as jd
+
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # benchmarks/ sits beside the package, not inside it
     sys.path.insert(0, str(ROOT))
@@ -38,6 +40,8 @@ def _check_record(record: dict, number: int) -> None:
 
 @pytest.mark.parametrize("number", [1, 3, 4, 5, 6, 7, 8])
 def test_case_runs_at_tiny_size(number):
+    if number == 8 and not jd.nist.names():
+        pytest.skip("the NIST data folder (shared/data/nist-strd) is not here")
     record = run.case_function(number)(TINY)
     _check_record(record, number)
     if number == 5:  # Nocedal and Wright: Newton with line search, about 21 iterations
