@@ -257,7 +257,7 @@ def case6(size: Size) -> dict:
 
 def _compiled_memory(loss, opt, x0, data, steps: int) -> float | None:
     """Bytes XLA assigns to fit's compiled chunk for this problem (None if unavailable)."""
-    chunk, _ = _engine.compiled(loss, opt, None, steps, False)
+    chunk = _engine.compiled(loss, opt, None, steps, False)
     carry = _engine.init_carry(x0, opt.init(x0), jax.random.key(0), 0, None)
     try:
         stats = (

@@ -44,8 +44,9 @@ def check_data(data: Any) -> int:
         sizes[where] = shape[0]
         dtype = getattr(leaf, "dtype", np.asarray(leaf).dtype)
         if np.issubdtype(dtype, np.floating) and not isinstance(leaf, jax.core.Tracer):
-            # on the device for device arrays: only a bad leaf is copied to the host
-            if isinstance(leaf, jax.Array) and bool(jnp.all(jnp.isfinite(leaf))):
+            # an accelerator's arrays are checked where they are (only a bad leaf is copied
+            # to the host); host arrays with NumPy, which compiles nothing per shape
+            if _on_accelerator(leaf) and bool(jnp.all(jnp.isfinite(leaf))):
                 continue
             finite = np.isfinite(np.asarray(leaf))
             if not finite.all():
@@ -61,6 +62,10 @@ def check_data(data: Any) -> int:
     if n == 0:
         raise ValueError("data must hold at least one example; got a leading size of 0")
     return int(n)
+
+
+def _on_accelerator(leaf) -> bool:
+    return isinstance(leaf, jax.Array) and any(d.platform != "cpu" for d in leaf.devices())
 
 
 def batches_per_epoch(n: int, batch_size: int) -> int:

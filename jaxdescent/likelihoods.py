@@ -125,12 +125,16 @@ class _LocationScale(Likelihood):
             check_positive("scale", self.scale)
 
     def _parts(self, output, y):
+        """``(z, log_scale)``: the standardised residual ``(y - loc) / scale`` and the log
+        scale (a Python float for a fixed scale, which then divides directly: the stable
+        ``exp`` form is only needed for a learned log scale)."""
         if self.learn_scale:
             loc, log_scale = _align(output, y, 2)
-        else:
-            (loc,) = _align(output, y, 1)
-            log_scale = jnp.full_like(loc, math.log(self.scale))
-        return loc, log_scale
+            return _standardised(y - loc, log_scale), log_scale
+        (loc,) = _align(output, y, 1)
+        residual = y - loc
+        z = residual if self.scale == 1.0 else residual / jnp.asarray(self.scale, residual.dtype)
+        return z, math.log(self.scale)
 
     def predict(self, output):
         return output[..., : output.shape[-1] // 2] if self.learn_scale else output
@@ -164,13 +168,11 @@ class Gaussian(_LocationScale):
     """
 
     def log_prob(self, output, y):
-        loc, log_scale = self._parts(output, y)
-        z = _standardised(y - loc, log_scale)
+        z, log_scale = self._parts(output, y)
         return -0.5 * z * z - log_scale - _HALF_LOG_2PI
 
     def log_prob_kernel(self, output, y):
-        loc, log_scale = self._parts(output, y)
-        z = _standardised(y - loc, log_scale)
+        z, log_scale = self._parts(output, y)
         return -0.5 * z * z - (log_scale if self.learn_scale else 0.0)
 
 
@@ -186,13 +188,12 @@ class Laplace(_LocationScale):
     _LOG_SCALE_INFO = 1.0
 
     def log_prob(self, output, y):
-        loc, log_scale = self._parts(output, y)
-        return -jnp.abs(_standardised(y - loc, log_scale)) - log_scale - math.log(2.0)
+        z, log_scale = self._parts(output, y)
+        return -jnp.abs(z) - log_scale - math.log(2.0)
 
     def log_prob_kernel(self, output, y):
-        loc, log_scale = self._parts(output, y)
-        kernel = -jnp.abs(_standardised(y - loc, log_scale))
-        return kernel - log_scale if self.learn_scale else kernel
+        z, log_scale = self._parts(output, y)
+        return -jnp.abs(z) - log_scale if self.learn_scale else -jnp.abs(z)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -17,7 +17,13 @@ import numpy as np
 from jaxdescent import checkpoint as ckpt
 from jaxdescent import data as data_lib
 from jaxdescent._checks import check_int
-from jaxdescent._engine.loop import Carry, compiled, history_dtype, recorded_rows
+from jaxdescent._engine.loop import (
+    Carry,
+    compiled,
+    compiled_evaluate,
+    history_dtype,
+    recorded_rows,
+)
 from jaxdescent.results import Status
 
 CHECKPOINT_NAME = "checkpoint.jdc"
@@ -86,7 +92,7 @@ def drive(
     Returns ``(carry, (losses, norms), final_loss, final_grad_norm, trace)``; the histories
     hold the recorded steps up to the last one run.
     """
-    run_chunk, finish = compiled(loss, optimizer, batch_size, chunk, batched, record_every)
+    run_chunk = compiled(loss, optimizer, batch_size, chunk, batched, record_every)
     tol_value = jnp.asarray(-jnp.inf if tol is None else tol)
     # host (NumPy) data goes to the device once, not once per chunk
     data = jax.tree.map(lambda x: x if isinstance(x, jax.Array) else jnp.asarray(x), data)
@@ -109,10 +115,11 @@ def drive(
     bar = _progress_bar(steps, done_steps) if progress else None
     path_taken = [carry.params] if trace is not None else None
     chunks_run = 0
+    final = None  # (loss, gradient norm) at the end, from the chunk in which the run ended
     try:
-        while done_steps < steps and bool(jnp.any(carry.status == Status.RUNNING)):
+        while done_steps < steps and np.any(np.asarray(carry.status) == Status.RUNNING):
             this = min(chunk, steps - done_steps)
-            carry, (chunk_losses, chunk_norms), ran = run_chunk(
+            carry, (chunk_losses, chunk_norms), ran, *final = run_chunk(
                 carry, data, tol_value, steps, this
             )
             ran = int(ran)
@@ -141,7 +148,7 @@ def drive(
     finally:
         if bar is not None:
             bar.close()
-    carry, final, final_norm = finish(carry, data, tol_value)
+    final, final_norm = _final_values(carry, data, final, loss, batched)
     hist_losses = _join(losses, carry)
     hist_norms = _join(norms, carry)
     if path is not None:
@@ -155,6 +162,28 @@ def drive(
             *path_taken,
         )
     return carry, (hist_losses, hist_norms), final, final_norm, traced
+
+
+def _final_values(carry, data, final, loss, batched):
+    """The loss and gradient norm at the returned params.
+
+    They come from the chunk in which the run ended; they are evaluated here instead when no
+    chunk ran (a resumed run that had already ended) or when a run's last update was rolled
+    back (the chunk measured the rejected params, not the returned ones).
+    """
+    if final is not None:
+        value, norm = final
+        rolled_back = ~(np.isfinite(np.asarray(value)) & np.isfinite(np.asarray(norm)))
+        if not rolled_back.any():
+            return value, norm
+    evaluated = compiled_evaluate(loss, batched)(carry, data)
+    if final is None:
+        return evaluated
+    dtype = np.asarray(value).dtype
+    return tuple(
+        jax.device_put(np.where(rolled_back, np.asarray(new, dtype), np.asarray(old)))
+        for new, old in zip(evaluated, final, strict=True)
+    )
 
 
 def check_checkpointing(checkpoint_dir, checkpoint_every, resume):

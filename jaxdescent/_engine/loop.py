@@ -167,6 +167,44 @@ def _commit(c, proposal, confirm, tol, total_steps):
     )
 
 
+def _commit_one(c, proposal, confirm, tol, total_steps):
+    """:func:`_commit` for one (unbatched) run, choosing with ``lax.cond`` instead of
+    elementwise selects: the branches only pass buffers on, so the program holds no select
+    per leaf of the params and optimizer state (each one a kernel to compile and a copy of
+    the state to make at every step)."""
+    new_params, new_state, value, norm, perm = proposal
+    finite = jnp.isfinite(value) & jnp.isfinite(norm)
+    converged = finite & (norm < tol) & (confirm < tol)
+    accept = finite & ~converged
+    iteration = c.iteration + 1
+    status = jnp.where(
+        ~finite,
+        Status.NONFINITE,
+        jnp.where(
+            converged,
+            Status.CONVERGED,
+            jnp.where(iteration >= total_steps, Status.MAX_STEPS, Status.RUNNING),
+        ),
+    ).astype(jnp.int32)
+    trees = jax.lax.cond(
+        accept,
+        lambda: (new_params, new_state, c.params, c.opt_state),
+        lambda: jax.lax.cond(
+            finite,
+            lambda: (c.params, c.opt_state, c.prev_params, c.prev_opt_state),
+            lambda: (c.prev_params, c.prev_opt_state, c.prev_params, c.prev_opt_state),
+        ),
+    )
+    return Carry(
+        *trees,
+        iteration=iteration,
+        updates=c.updates + accept.astype(jnp.int32) - (~finite).astype(jnp.int32),
+        status=status,
+        key=c.key,
+        perm=perm,
+    )
+
+
 def _commit_all_accepted(c, proposal, total_steps):
     """:func:`_commit` when every run is running and accepts its step (no selects needed)."""
     new_params, new_state, _, _, perm = proposal
@@ -323,7 +361,7 @@ def _chunk(
         else:
             proposal = propose(c, data, starts_epoch(i))
             _, _, value, norm, _ = proposal
-            new_c = _commit(c, proposal, confirm(norm, c.params, True), tol, total_steps)
+            new_c = _commit_one(c, proposal, confirm(norm, c.params, True), tol, total_steps)
         if every:
             r = row(i)
             losses = losses.at[r].set(value.astype(dtype))
@@ -335,7 +373,22 @@ def _chunk(
     if batched:
         carry = jax.tree.map(_runs_first, carry)
     ran = jnp.max(carry.iteration) - first
-    return carry, tuple(jnp.moveaxis(h[:rows], 0, -1) for h in history), ran
+    # The run's end is part of this program (one program per configuration, not two): once
+    # no run is still going, the final params are evaluated and checked (:func:`_finish`).
+    finish = functools.partial(_finish, data=data, tol=tol, loss=loss)
+    if batched:
+        finish = jax.vmap(finish)
+    nan = jnp.full(lead, jnp.nan, dtype)
+
+    def ended():
+        c, value, norm = finish(carry)
+        return c, value.astype(dtype), norm.astype(dtype)
+
+    carry, value, norm = jax.lax.cond(
+        jnp.any(carry.status == Status.RUNNING), lambda: (carry, nan, nan), ended
+    )
+    history = tuple(jnp.moveaxis(h[:rows], 0, -1) for h in history)
+    return carry, history, ran, value, norm
 
 
 def _runs_last(x):
@@ -346,30 +399,35 @@ def _runs_first(x):
     return x if x.ndim <= 1 else jnp.moveaxis(x, -1, 0)
 
 
+def _value_at(loss, data, params):
+    return loss(params) if data is None else loss(params, data)
+
+
+def evaluate(carry, data, *, loss):
+    """Loss and gradient norm at ``carry.params`` on the whole data."""
+    value, grads = jax.value_and_grad(functools.partial(_value_at, loss, data))(carry.params)
+    return value, global_norm(grads)
+
+
 def _finish(carry, data, tol, *, loss):
-    """Loss and gradient norm at the final params on the whole data.
+    """The end of a run: loss and gradient norm at the final params on the whole data.
 
     The last update of a run is never evaluated inside the loop, so its params are checked
     here: if the loss or the gradient is not finite there, the run returns the params before
-    that update (where both were finite) with status ``NONFINITE``. A run that spent its
+    that update (where both were finite) with status ``NONFINITE``; the value and norm
+    returned are then those at the rejected params, and the host evaluates the returned ones
+    (:func:`evaluate`, a rare path kept out of the loop's program). A run that spent its
     budget (``MAX_STEPS``) but whose final full-data gradient norm is below ``tol`` has met
     the criterion: its status becomes ``CONVERGED``.
     """
-
-    def value_at(params):
-        return loss(params) if data is None else loss(params, data)
-
-    value, grads = jax.value_and_grad(value_at)(carry.params)
-    norm = global_norm(grads)
+    value, norm = evaluate(carry, data, loss=loss)
     bad = ~(jnp.isfinite(value) & jnp.isfinite(norm))
-    params = _select(bad, carry.prev_params, carry.params)
-    opt_state = _select(bad, carry.prev_opt_state, carry.opt_state)
-
-    def again():
-        v, g = jax.value_and_grad(value_at)(params)
-        return v, global_norm(g)
-
-    value, norm = jax.lax.cond(bad, again, lambda: (value, norm))
+    # a cond, not selects per leaf (under vmap over runs it becomes those selects)
+    params, opt_state = jax.lax.cond(
+        bad,
+        lambda: (carry.prev_params, carry.prev_opt_state),
+        lambda: (carry.params, carry.opt_state),
+    )
     status = jnp.where(bad, Status.NONFINITE, carry.status)
     status = jnp.where((status == Status.MAX_STEPS) & (norm < tol), Status.CONVERGED, status)
     updates = carry.updates - (bad & (carry.status != Status.NONFINITE)).astype(jnp.int32)
@@ -378,7 +436,7 @@ def _finish(carry, data, tol, *, loss):
 
 
 def compiled(loss, optimizer, batch_size, chunk_len, batched: bool, record_every: int = 1):
-    """The jitted chunk and finish functions for one configuration (cached: no retrace).
+    """The jitted chunk function for one configuration (cached: no retrace).
 
     Keyed by the loss (held weakly), the optimizer's ``update`` by fingerprint (code and
     closed-over values, :func:`jaxdescent._engine.cache.fingerprint`) and the static settings.
@@ -389,6 +447,20 @@ def compiled(loss, optimizer, batch_size, chunk_len, batched: bool, record_every
         key,
         lambda: _build(owner_ref(loss), optimizer, batch_size, chunk_len, batched, record_every),
     )
+
+
+def compiled_evaluate(loss, batched: bool):
+    """The jitted :func:`evaluate` (vmapped over runs when ``batched``), compiled on demand."""
+
+    def build():
+        ref = owner_ref(loss)
+
+        def run(carry, data):
+            return evaluate(carry, data, loss=ref())
+
+        return jax.jit(jax.vmap(run, in_axes=(0, None)) if batched else run)
+
+    return cached(loss, ("evaluate", batched), build)
 
 
 def _build(loss_ref, optimizer, batch_size, chunk_len, batched, record_every):
@@ -407,9 +479,4 @@ def _build(loss_ref, optimizer, batch_size, chunk_len, batched, record_every):
             record_every=record_every,
         )
 
-    def finish(carry, data, tol):
-        return _finish(carry, data, tol, loss=loss_ref())
-
-    if batched:
-        finish = jax.vmap(finish, in_axes=(0, None, None))
-    return jax.jit(chunk), jax.jit(finish)
+    return jax.jit(chunk)
