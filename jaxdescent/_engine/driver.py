@@ -119,9 +119,10 @@ def drive(
     try:
         while done_steps < steps and np.any(np.asarray(carry.status) == Status.RUNNING):
             this = min(chunk, steps - done_steps)
-            carry, (chunk_losses, chunk_norms), ran, *final = run_chunk(
+            carry, (chunk_losses, chunk_norms), ran, *ends = run_chunk(
                 carry, data, tol_value, steps, this
             )
+            final = _merge_ends(final, ends)
             ran = int(ran)
             rows = recorded_rows(done_steps, ran, record_every)
             # cut on the host: an eager slice would compile once per history length
@@ -164,24 +165,32 @@ def drive(
     return carry, (hist_losses, hist_norms), final, final_norm, traced
 
 
+def _merge_ends(final, ends):
+    """The loss and gradient norm of each run where it ended (``nan`` for runs still going):
+    a chunk reports the runs that ended in it, so under ``multistart`` a run that stopped
+    in an earlier chunk keeps what that chunk reported."""
+    ends = [np.asarray(x) for x in ends]
+    if final is None:
+        return ends
+    return [np.where(np.isnan(new), old, new) for old, new in zip(final, ends, strict=True)]
+
+
 def _final_values(carry, data, final, loss, batched):
     """The loss and gradient norm at the returned params.
 
     They come from the chunk in which the run ended; they are evaluated here instead when no
-    chunk ran (a resumed run that had already ended) or when a run's last update was rolled
-    back (the chunk measured the rejected params, not the returned ones).
+    chunk ran (a resumed run that had already ended) or for a run rolled back to its
+    previous params (non-finite at the last ones), which the loop did not measure last.
     """
     if final is not None:
-        value, norm = final
-        rolled_back = ~(np.isfinite(np.asarray(value)) & np.isfinite(np.asarray(norm)))
-        if not rolled_back.any():
-            return value, norm
+        missing = ~(np.isfinite(final[0]) & np.isfinite(final[1]))
+        if not missing.any():
+            return tuple(jax.device_put(x) for x in final)
     evaluated = compiled_evaluate(loss, batched)(carry, data)
     if final is None:
         return evaluated
-    dtype = np.asarray(value).dtype
     return tuple(
-        jax.device_put(np.where(rolled_back, np.asarray(new, dtype), np.asarray(old)))
+        jax.device_put(np.where(missing, np.asarray(new, old.dtype), old))
         for new, old in zip(evaluated, final, strict=True)
     )
 

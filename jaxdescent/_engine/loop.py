@@ -70,14 +70,22 @@ def make_step(loss: Callable, optimizer: optax.GradientTransformation) -> Callab
     """
     opt = as_extra_args(optimizer)
 
-    def step(params, opt_state, batch=None):
+    def step(params, opt_state, batch=None, skip_update=False):
         value_fn = loss if batch is None else functools.partial(_call_with_batch, loss, batch)
         value, grads = jax.value_and_grad(value_fn)(params)
-        extras = loss.rule_extras(batch) if isinstance(loss, NLL) and batch is not None else {}
-        updates, opt_state = opt.update(
-            grads, opt_state, params, value_fn=value_fn, value=value, grad=grads, **extras
-        )
-        return optax.apply_updates(params, updates), opt_state, value, global_norm(grads)
+
+        def update():
+            extras = loss.rule_extras(batch) if isinstance(loss, NLL) and batch is not None else {}
+            updates, new_state = opt.update(
+                grads, opt_state, params, value_fn=value_fn, value=value, grad=grads, **extras
+            )
+            return optax.apply_updates(params, updates), new_state
+
+        if skip_update is False:
+            new_params, new_state = update()
+        else:  # the loop's final evaluation: the loss and gradient only
+            new_params, new_state = jax.lax.cond(skip_update, lambda: (params, opt_state), update)
+        return new_params, new_state, value, global_norm(grads)
 
     return step
 
@@ -111,7 +119,7 @@ def _select(pred, on_true, on_false):
     return jax.tree.map(lambda a, b: jnp.where(pred, a, b), on_true, on_false)
 
 
-def _propose(c, data, new_epoch, *, step, batch_size, n, per_epoch):
+def _propose(c, data, new_epoch, final, *, step, batch_size, n, per_epoch):
     """One step of one run before any check: (new params, new state, loss, grad norm, perm).
 
     ``new_epoch`` (whether this step starts an epoch) is computed outside the ``vmap`` over
@@ -128,11 +136,41 @@ def _propose(c, data, new_epoch, *, step, batch_size, n, per_epoch):
             lambda: c.perm,
         )
         batch = data_lib.take_batch(data, perm, within, batch_size)
-    new_params, new_state, value, norm = step(c.params, c.opt_state, batch)
+    new_params, new_state, value, norm = step(c.params, c.opt_state, batch, final)
     return new_params, new_state, value, norm, perm
 
 
-def _commit(c, proposal, confirm, tol, total_steps):
+def _outcome(c, value, norm, confirm, tol, limit, final):
+    """What a step means for one run: ``(finite, accept, iteration, status)``.
+
+    ``final`` marks the loop's final evaluation (full batch: one more iteration at the end
+    that measures the last params and updates nothing): it ends the run ``MAX_STEPS`` unless
+    the params converged there or are not finite. ``limit`` (mini-batch runs, whose final
+    evaluation is on the whole data after the loop) ends a run ``MAX_STEPS`` at its last step.
+    """
+    finite = jnp.isfinite(value) & jnp.isfinite(norm)
+    converged = finite & (norm < tol) & (confirm < tol)
+    accept = finite & ~converged & ~final
+    iteration = c.iteration + jnp.where(final, 0, 1).astype(jnp.int32)
+    budget = final if limit is None else final | (iteration >= limit)
+    status = jnp.where(
+        ~finite,
+        Status.NONFINITE,
+        jnp.where(
+            converged, Status.CONVERGED, jnp.where(budget, Status.MAX_STEPS, Status.RUNNING)
+        ),
+    ).astype(jnp.int32)
+    return finite, accept, iteration, status
+
+
+def _counted(updates, accept, finite):
+    """Updates applied after this step: one more if accepted, one fewer if the params are
+    rolled back to before the last update (never below zero: a non-finite start has none)."""
+    counted = updates + accept.astype(jnp.int32) - (~finite).astype(jnp.int32)
+    return jnp.maximum(counted, 0)
+
+
+def _commit(c, proposal, confirm, tol, limit, final):
     """The next carry of one run: accept the proposal, stop converged, or roll back.
 
     ``confirm`` is the full-data gradient norm at the incoming params when this step's
@@ -140,19 +178,7 @@ def _commit(c, proposal, confirm, tol, total_steps):
     only when both are below ``tol``.
     """
     new_params, new_state, value, norm, perm = proposal
-    finite = jnp.isfinite(value) & jnp.isfinite(norm)
-    converged = finite & (norm < tol) & (confirm < tol)
-    accept = finite & ~converged
-    iteration = c.iteration + 1
-    status = jnp.where(
-        ~finite,
-        Status.NONFINITE,
-        jnp.where(
-            converged,
-            Status.CONVERGED,
-            jnp.where(iteration >= total_steps, Status.MAX_STEPS, Status.RUNNING),
-        ),
-    ).astype(jnp.int32)
+    finite, accept, iteration, status = _outcome(c, value, norm, confirm, tol, limit, final)
     kept = _select(finite, c.params, c.prev_params)
     return Carry(
         params=_select(accept, new_params, kept),
@@ -160,32 +186,20 @@ def _commit(c, proposal, confirm, tol, total_steps):
         prev_params=_select(accept, c.params, c.prev_params),
         prev_opt_state=_select(accept, c.opt_state, c.prev_opt_state),
         iteration=iteration,
-        updates=c.updates + accept.astype(jnp.int32) - (~finite).astype(jnp.int32),
+        updates=_counted(c.updates, accept, finite),
         status=status,
         key=c.key,
         perm=perm,
     )
 
 
-def _commit_one(c, proposal, confirm, tol, total_steps):
+def _commit_one(c, proposal, confirm, tol, limit, final):
     """:func:`_commit` for one (unbatched) run, choosing with ``lax.cond`` instead of
     elementwise selects: the branches only pass buffers on, so the program holds no select
     per leaf of the params and optimizer state (each one a kernel to compile and a copy of
     the state to make at every step)."""
     new_params, new_state, value, norm, perm = proposal
-    finite = jnp.isfinite(value) & jnp.isfinite(norm)
-    converged = finite & (norm < tol) & (confirm < tol)
-    accept = finite & ~converged
-    iteration = c.iteration + 1
-    status = jnp.where(
-        ~finite,
-        Status.NONFINITE,
-        jnp.where(
-            converged,
-            Status.CONVERGED,
-            jnp.where(iteration >= total_steps, Status.MAX_STEPS, Status.RUNNING),
-        ),
-    ).astype(jnp.int32)
+    finite, accept, iteration, status = _outcome(c, value, norm, confirm, tol, limit, final)
     trees = jax.lax.cond(
         accept,
         lambda: (new_params, new_state, c.params, c.opt_state),
@@ -198,18 +212,22 @@ def _commit_one(c, proposal, confirm, tol, total_steps):
     return Carry(
         *trees,
         iteration=iteration,
-        updates=c.updates + accept.astype(jnp.int32) - (~finite).astype(jnp.int32),
+        updates=_counted(c.updates, accept, finite),
         status=status,
         key=c.key,
         perm=perm,
     )
 
 
-def _commit_all_accepted(c, proposal, total_steps):
+def _commit_all_accepted(c, proposal, limit):
     """:func:`_commit` when every run is running and accepts its step (no selects needed)."""
     new_params, new_state, _, _, perm = proposal
     iteration = c.iteration + 1
-    status = jnp.where(iteration >= total_steps, Status.MAX_STEPS, Status.RUNNING)
+    status = (
+        Status.RUNNING
+        if limit is None
+        else jnp.where(iteration >= limit, Status.MAX_STEPS, Status.RUNNING)
+    )
     return Carry(
         params=new_params,
         opt_state=new_state,
@@ -217,7 +235,7 @@ def _commit_all_accepted(c, proposal, total_steps):
         prev_opt_state=c.opt_state,
         iteration=iteration,
         updates=c.updates + 1,
-        status=status.astype(jnp.int32),
+        status=jnp.broadcast_to(jnp.asarray(status, jnp.int32), c.status.shape),
         key=c.key,
         perm=perm,
     )
@@ -287,13 +305,21 @@ def _chunk(
         # vectorises along the minor axis, so per-run masks and selects then stay cheap
         # (with runs first and a few parameters per run, they ran several times slower).
         carry = jax.tree.map(_runs_last, carry)
-        vpropose = jax.vmap(propose, in_axes=(-1, None, None), out_axes=-1)
-        vcommit = jax.vmap(_commit, in_axes=(-1, -1, -1, None, None), out_axes=-1)
+        vpropose = jax.vmap(propose, in_axes=(-1, None, None, None), out_axes=-1)
+        vcommit = jax.vmap(_commit, in_axes=(-1, -1, -1, None, None, None), out_axes=-1)
 
     # Every run still going has made exactly ``first + i`` steps at loop step ``i`` (runs
     # advance together and ended ones are frozen), so this scalar says when epochs start.
     first = jnp.max(carry.iteration)
     first_row = 0 if every == 0 else -(-first // every)
+    # Full batch, a run's last params are evaluated by one more loop iteration that updates
+    # nothing (the step's own loss and gradient code: no second copy in the program). The
+    # whole-data evaluation of mini-batch runs comes after the loop instead (:func:`_finish`).
+    in_loop_end = batch_size is None
+    limit = None if in_loop_end else total_steps
+
+    def final(i):  # a scalar: whether loop step ``i`` is the final evaluation
+        return (first + i >= total_steps) if in_loop_end else False
 
     def row(i):  # where step ``first + i`` is recorded: its row, or the scratch row
         if every == 0:
@@ -319,8 +345,8 @@ def _chunk(
         return False if per_epoch is None else (first + i) % per_epoch == 0
 
     def cond(state):
-        c, _, i = state
-        return (i < chunk_steps) & jnp.any(c.status == Status.RUNNING)
+        c, _, i, _ = state
+        return ((i < chunk_steps) | final(i)) & jnp.any(c.status == Status.RUNNING)
 
     def body(state):
         for _ in range(unroll):
@@ -328,16 +354,16 @@ def _chunk(
         return state
 
     def sub_step(state):
-        c, (losses, norms), i = state
+        c, (losses, norms), i, ends = state
         if batched:
             # past the chunk's end no run is active: the step then changes nothing
-            active = (c.status == Status.RUNNING) & (i < chunk_steps)
-            proposal = vpropose(c, data, starts_epoch(i))
+            active = (c.status == Status.RUNNING) & ((i < chunk_steps) | final(i))
+            proposal = vpropose(c, data, starts_epoch(i), final(i))
             _, _, value, norm, _ = proposal
             full = confirm(norm, c.params, active)
 
             def some_stop():
-                new_c = vcommit(c, proposal, full, tol, total_steps)
+                new_c = vcommit(c, proposal, full, tol, limit, final(i))
                 # runs that have ended keep their carry (the key never changes in a step)
                 return jax.tree.map(
                     lambda a, b: jnp.where(
@@ -349,44 +375,55 @@ def _chunk(
 
             # Usually every run goes on: then the per-run selects (slow under vmap on CPU)
             # are skipped; the result is the same either way.
-            all_go = jnp.all(
+            all_go = ~final(i) & jnp.all(
                 active & jnp.isfinite(value) & jnp.isfinite(norm) & ~((norm < tol) & (full < tol))
             )
             new_c = jax.lax.cond(
-                all_go, lambda: _commit_all_accepted(c, proposal, total_steps), some_stop
+                all_go, lambda: _commit_all_accepted(c, proposal, limit), some_stop
             )
             # an ended run's row stays nan (reading the old row would copy the whole buffer)
             value = jnp.where(active, value.astype(dtype), jnp.nan)
             norm = jnp.where(active, norm.astype(dtype), jnp.nan)
         else:
-            proposal = propose(c, data, starts_epoch(i))
+            proposal = propose(c, data, starts_epoch(i), final(i))
             _, _, value, norm, _ = proposal
-            new_c = _commit_one(c, proposal, confirm(norm, c.params, True), tol, total_steps)
+            full = confirm(norm, c.params, True)
+            new_c = _commit_one(c, proposal, full, tol, limit, final(i))
+        if in_loop_end:
+            # a run that ends here at params it measured (converged, or the final evaluation)
+            # keeps that loss and gradient norm; one rolled back is measured on the host
+            ended = (
+                (c.status == Status.RUNNING)
+                & (new_c.status != Status.RUNNING)
+                & (new_c.status != Status.NONFINITE)
+            )
+            ends = tuple(jnp.where(ended, x.astype(dtype), e) for x, e in zip((value, norm), ends))
         if every:
             r = row(i)
             losses = losses.at[r].set(value.astype(dtype))
             norms = norms.at[r].set(norm.astype(dtype))
-        return new_c, (losses, norms), i + 1
+        return new_c, (losses, norms), i + 1, ends
 
-    start = (carry, history, jnp.zeros([], jnp.int32))
-    carry, history, _ = jax.lax.while_loop(cond, body, start)
+    nan = jnp.full(lead, jnp.nan, dtype)
+    start = (carry, history, jnp.zeros([], jnp.int32), (nan, nan))
+    carry, history, _, (value, norm) = jax.lax.while_loop(cond, body, start)
     if batched:
         carry = jax.tree.map(_runs_first, carry)
     ran = jnp.max(carry.iteration) - first
-    # The run's end is part of this program (one program per configuration, not two): once
-    # no run is still going, the final params are evaluated and checked (:func:`_finish`).
-    finish = functools.partial(_finish, data=data, tol=tol, loss=loss)
-    if batched:
-        finish = jax.vmap(finish)
-    nan = jnp.full(lead, jnp.nan, dtype)
+    if not in_loop_end:
+        # mini-batch: once no run is still going, the final params are evaluated on the
+        # whole data and checked (:func:`_finish`), in this program
+        finish = functools.partial(_finish, data=data, tol=tol, loss=loss)
+        if batched:
+            finish = jax.vmap(finish)
 
-    def ended():
-        c, value, norm = finish(carry)
-        return c, value.astype(dtype), norm.astype(dtype)
+        def ended():
+            c, v, g = finish(carry)
+            return c, v.astype(dtype), g.astype(dtype)
 
-    carry, value, norm = jax.lax.cond(
-        jnp.any(carry.status == Status.RUNNING), lambda: (carry, nan, nan), ended
-    )
+        carry, value, norm = jax.lax.cond(
+            jnp.any(carry.status == Status.RUNNING), lambda: (carry, nan, nan), ended
+        )
     history = tuple(jnp.moveaxis(h[:rows], 0, -1) for h in history)
     return carry, history, ran, value, norm
 
