@@ -213,3 +213,33 @@ def test_inference_refuses_what_it_cannot_answer(x64):
         jd.inference.standard_errors(loss, params, (jnp.asarray(x), jnp.asarray(y)))
     with pytest.raises(TypeError, match=r"jd\.losses\.nll"):
         jd.inference.covariance(lambda p, b: jnp.sum(p["w"]), params, (x, y))
+
+
+MISRA1A_X = [77.6, 114.9, 141.1, 190.8, 239.9, 289.0, 332.8, 378.4, 434.8, 477.3, 536.8, 593.1]
+MISRA1A_X += [689.1, 760.0]
+MISRA1A_Y = [10.07, 14.73, 17.94, 23.93, 29.61, 35.18, 40.02, 44.82, 50.76, 55.05, 61.01]
+MISRA1A_Y += [66.40, 75.47, 81.78]
+MISRA1A_CERTIFIED = [2.3894212918e02, 5.5015643181e-04]
+
+
+def test_lm_stalled_at_its_precision_makes_no_trials():
+    """NIST's Misra1a (inline) from its near start: once the trust radius is below the
+    rounding of the params, a step solves nothing; the run keeps its params bit for bit."""
+
+    def model(b, x):
+        return b[0] * (1 - jnp.exp(-b[1] * x))
+
+    with jax.enable_x64(True):
+        loss = jd.losses.nll(model, jd.likelihoods.Gaussian())
+        data = (jnp.array(MISRA1A_X), jnp.array(MISRA1A_Y))
+        lm = jd.optim.levenberg_marquardt()
+        start = jnp.array([250.0, 5e-4])
+        short = jd.fit(loss, start, lm, data=data, steps=60)
+        long = jd.fit(loss, start, lm, data=data, steps=300)
+        state = long.opt_state
+        x_size = np.linalg.norm(np.sqrt(np.asarray(state.scale)) * np.asarray(long.params))
+        assert int(state.trials) == 0
+        assert float(state.radius) <= np.finfo(np.float64).eps * x_size
+        np.testing.assert_array_equal(long.params, short.params)
+        assert jd.nist.lre(long.params, jnp.array(MISRA1A_CERTIFIED)) >= 9
+        assert np.all(np.diff(np.asarray(long.losses)) <= 0)

@@ -353,6 +353,16 @@ def _chunk(
             state = sub_step(state)
         return state
 
+    def ended_here(c, new_c):
+        """Runs that end at this step at params it measured (converged, or the final
+        evaluation): their loss and gradient norm are the run's final ones. A run rolled
+        back (non-finite) did not measure its returned params; the host does."""
+        return (
+            (c.status == Status.RUNNING)
+            & (new_c.status != Status.RUNNING)
+            & (new_c.status != Status.NONFINITE)
+        )
+
     def sub_step(state):
         c, (losses, norms), i, ends = state
         if batched:
@@ -360,44 +370,42 @@ def _chunk(
             active = (c.status == Status.RUNNING) & ((i < chunk_steps) | final(i))
             proposal = vpropose(c, data, starts_epoch(i), final(i))
             _, _, value, norm, _ = proposal
+            value, norm = value.astype(dtype), norm.astype(dtype)
             full = confirm(norm, c.params, active)
 
             def some_stop():
                 new_c = vcommit(c, proposal, full, tol, limit, final(i))
                 # runs that have ended keep their carry (the key never changes in a step)
-                return jax.tree.map(
+                new_c = jax.tree.map(
                     lambda a, b: jnp.where(
                         active.reshape((1,) * (a.ndim - 1) + active.shape), a, b
                     ),
                     new_c._replace(key=None),
                     c._replace(key=None),
                 )._replace(key=c.key)
+                ended = ended_here(c, new_c) if in_loop_end else False
+                new_ends = tuple(jnp.where(ended, x, e) for x, e in zip((value, norm), ends))
+                # an ended run's row stays nan (reading the old row would copy the buffer)
+                rows = tuple(jnp.where(active, x, jnp.nan) for x in (value, norm))
+                return new_c, new_ends, rows
 
             # Usually every run goes on: then the per-run selects (slow under vmap on CPU)
-            # are skipped; the result is the same either way.
+            # are skipped (no run ends, every row is written); the result is the same.
             all_go = ~final(i) & jnp.all(
                 active & jnp.isfinite(value) & jnp.isfinite(norm) & ~((norm < tol) & (full < tol))
             )
-            new_c = jax.lax.cond(
-                all_go, lambda: _commit_all_accepted(c, proposal, limit), some_stop
+            new_c, ends, (value, norm) = jax.lax.cond(
+                all_go,
+                lambda: (_commit_all_accepted(c, proposal, limit), ends, (value, norm)),
+                some_stop,
             )
-            # an ended run's row stays nan (reading the old row would copy the whole buffer)
-            value = jnp.where(active, value.astype(dtype), jnp.nan)
-            norm = jnp.where(active, norm.astype(dtype), jnp.nan)
         else:
             proposal = propose(c, data, starts_epoch(i), final(i))
             _, _, value, norm, _ = proposal
             full = confirm(norm, c.params, True)
             new_c = _commit_one(c, proposal, full, tol, limit, final(i))
-        if in_loop_end:
-            # a run that ends here at params it measured (converged, or the final evaluation)
-            # keeps that loss and gradient norm; one rolled back is measured on the host
-            ended = (
-                (c.status == Status.RUNNING)
-                & (new_c.status != Status.RUNNING)
-                & (new_c.status != Status.NONFINITE)
-            )
-            ends = tuple(jnp.where(ended, x.astype(dtype), e) for x, e in zip((value, norm), ends))
+            # one run: the last measurement, judged after the loop
+            ends = (value.astype(dtype), norm.astype(dtype))
         if every:
             r = row(i)
             losses = losses.at[r].set(value.astype(dtype))
@@ -406,7 +414,11 @@ def _chunk(
 
     nan = jnp.full(lead, jnp.nan, dtype)
     start = (carry, history, jnp.zeros([], jnp.int32), (nan, nan))
+    before = carry
     carry, history, _, (value, norm) = jax.lax.while_loop(cond, body, start)
+    if in_loop_end and not batched:
+        ended = ended_here(before, carry)
+        value, norm = (jnp.where(ended, x, jnp.nan) for x in (value, norm))
     if batched:
         carry = jax.tree.map(_runs_first, carry)
     ran = jnp.max(carry.iteration) - first

@@ -405,7 +405,9 @@ def levenberg_marquardt(
     Nielsen's rule ``mu <- mu max(1/3, 1 - (2 rho - 1)^3)``. Otherwise ``mu <- nu mu`` with
     ``nu`` doubling, and the system is solved again, up to ``max_trials`` times per update.
     A step that raises the loss is never taken: after ``max_trials`` rejections (at a
-    minimum, where no step lowers the loss in floating point) the update is zero. Large
+    minimum, where no step lowers the loss in floating point) the update is zero, and once
+    ``Delta`` is below the rounding of the params, ``eps ||D^{1/2} theta||``, no trial is
+    made at all (a run stalled at its precision costs one Jacobian per step). Large
     ``mu`` gives short gradient steps, small ``mu`` Gauss-Newton steps. The first ``mu`` is
     ``initial_damping * max(diag(G) / D)``.
 
@@ -516,7 +518,12 @@ def levenberg_marquardt(
         mu_max = jnp.asarray(1e30, dtype) * jnp.maximum(jnp.max(scale), 1.0)
         svd = None if c.wjac is None else _svd(c, scale)
         root = jnp.sqrt(scale)
-        start_radius = hp["initial_radius"].astype(dtype) * jnp.linalg.norm(root * c.x)
+        x_size = jnp.linalg.norm(root * c.x)
+        start_radius = hp["initial_radius"].astype(dtype) * x_size
+        # a radius below the rounding of x admits no step that changes x: no trial is made
+        # (a run stalled at the floor of its precision then costs a Jacobian per step, not
+        # max_trials rejected solves)
+        floor = jnp.finfo(dtype).eps * x_size
         radius = jnp.where(
             state.count == 0,
             jnp.where(start_radius > 0, start_radius, hp["initial_radius"].astype(dtype)),
@@ -544,7 +551,7 @@ def levenberg_marquardt(
             return d, rho, accept, iters, size, mu
 
         def cond(s):
-            return ~s[3] & (s[4] < max_trials)
+            return ~s[3] & (s[4] < max_trials) & (s[7] > floor)
 
         def body(s):
             mu, nu, _, _, i, _, cg_total, radius = s
