@@ -231,6 +231,28 @@ def test_fresh_equal_optimizers_reuse_the_compiled_loop():
     assert c.count == 0
 
 
+@pytest.mark.parametrize("batch_size", [None, 4])
+def test_a_run_compiles_one_program(batch_size):
+    """The run's final evaluation is part of the loop's program, not a second program."""
+    data = (jnp.linspace(-1.0, 1.0, 8)[:, None], jnp.linspace(0.0, 2.0, 8))
+    p0 = {"w": jnp.ones(1), "b": jnp.zeros(())}
+    opt = jd.optim.adam(1e-2)
+    run = {"steps": 6, "batch_size": batch_size}
+
+    def first(p, batch):
+        return jnp.mean((batch[0] @ p["w"] + p["b"] - batch[1]) ** 2)
+
+    def second(p, batch):  # a new loss: its program is compiled afresh
+        return jnp.mean(jnp.abs(batch[0] @ p["w"] + p["b"] - batch[1]))
+
+    jd.fit(first, p0, opt, data=data, **run)  # set-up work for these shapes, compiled once
+    with Compiles() as c:
+        res = jd.fit(second, p0, opt, data=data, **run)
+    assert c.count == 1, c.count
+    assert int(res.status) == Status.MAX_STEPS
+    assert float(res.final_loss) == pytest.approx(float(second(res.params, data)), rel=1e-6)
+
+
 def test_a_newton_damping_sweep_is_one_program():
     f = jd.problems.himmelblau
     dampings = jnp.array([1e-3, 1e-1, 1.0, 10.0])

@@ -3,6 +3,11 @@
 One *chunk* is a ``lax.while_loop`` over up to ``chunk_len`` steps that stops as soon as the
 run has ended (converged, out of steps, or non-finite); under ``vmap`` it stops once every
 run has ended, and runs that ended earlier are frozen. Python only runs between chunks.
+
+The chunk in which a run ends also measures its final params, so a configuration compiles
+one program: full batch, the last params are evaluated by one more loop iteration whose
+update is skipped (a converged run measured its params when it stopped); mini-batch, the
+whole data is evaluated after the loop, under a ``lax.cond``.
 """
 
 from __future__ import annotations
@@ -275,9 +280,11 @@ def _chunk(
 ):
     """Run up to ``chunk_steps`` (<= ``chunk_len``) steps; record loss and gradient norm.
 
-    Returns ``(carry, (losses, norms), ran)``: the history rows of the recorded steps (step
-    ``s`` is recorded when ``s % record_every == 0``; nothing when ``record_every == 0``) and
-    the number of loop steps run. With ``batched``, ``carry`` has a leading run axis: the
+    Returns ``(carry, (losses, norms), ran, final_loss, final_grad_norm)``: the history rows
+    of the recorded steps (step ``s`` is recorded when ``s % record_every == 0``; nothing when
+    ``record_every == 0``), the number of loop steps run, and for each run that ended in this
+    chunk the loss and gradient norm at its returned params (``nan`` for runs still going, and
+    for runs rolled back from non-finite params, which the host then evaluates). With ``batched``, ``carry`` has a leading run axis: the
     loop's condition stays a scalar (some run still going), each step is ``vmap``-ed over the
     runs, and a run that has ended keeps its carry and history. (Vmapping the whole while loop
     instead would make its predicate batched, and then every step would copy the whole
