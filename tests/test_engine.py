@@ -86,6 +86,28 @@ def test_a_converged_checkpoint_goes_on_under_a_tighter_tol(tmp_path):
                  fresh.params)  # fmt: skip
 
 
+def test_a_run_resumed_with_its_budget_spent_ends_there(tmp_path):
+    """A checkpoint saved while the run went on, resumed with ``steps`` equal to the steps it
+    had done: nothing runs, and the run ends MAX_STEPS (not RUNNING), or CONVERGED where
+    its gradient norm meets ``tol``, with the loss at its params."""
+
+    def stop_at_second_chunk(info):
+        if info.step > 4:
+            raise KeyboardInterrupt
+
+    opt = jd.optim.sgd(0.05)
+    run = {"data": (X, Y), "checkpoint_dir": tmp_path, "chunk_size": 4}
+    with pytest.raises(KeyboardInterrupt):
+        jd.fit(LOSS, P0, opt, steps=12, callback=stop_at_second_chunk, **run)
+    spent = jd.fit(LOSS, P0, opt, steps=4, resume=True, **run)
+    assert str(jd.Status(int(spent.status))) == "MAX_STEPS" and int(spent.steps_taken) == 4
+    assert float(spent.final_loss) == pytest.approx(float(LOSS(spent.params, (X, Y))))
+    four = jd.fit(LOSS, P0, opt, data=(X, Y), steps=4)
+    jax.tree.map(np.testing.assert_array_equal, spent.params, four.params)
+    met = jd.fit(LOSS, P0, opt, steps=4, tol=1e3, resume=True, **run)
+    assert str(jd.Status(int(met.status))) == "CONVERGED"
+
+
 def test_resume_accepts_a_folder_and_refuses_another_structure(tmp_path):
     def loss(p, batch):
         x, y = batch

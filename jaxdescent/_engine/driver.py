@@ -149,7 +149,7 @@ def drive(
     finally:
         if bar is not None:
             bar.close()
-    final, final_norm = _final_values(carry, data, final, loss, batched)
+    carry, final, final_norm = _final_values(carry, data, final, loss, batched, tol)
     hist_losses = _join(losses, carry)
     hist_norms = _join(norms, carry)
     if path is not None:
@@ -175,24 +175,32 @@ def _merge_ends(final, ends):
     return [np.where(np.isnan(new), old, new) for old, new in zip(final, ends, strict=True)]
 
 
-def _final_values(carry, data, final, loss, batched):
-    """The loss and gradient norm at the returned params.
+def _final_values(carry, data, final, loss, batched, tol):
+    """The loss and gradient norm at the returned params: ``(carry, loss, grad_norm)``.
 
     They come from the chunk in which the run ended; they are evaluated here instead when no
-    chunk ran (a resumed run that had already ended) or for a run rolled back to its
-    previous params (non-finite at the last ones), which the loop did not measure last.
+    chunk ran (a resumed run that had already ended, or whose budget was spent) or for a run
+    rolled back to its previous params (non-finite at the last ones), which the loop did not
+    measure last. A run evaluated here that spent its budget with a gradient norm below
+    ``tol`` is ``CONVERGED``, as at the end of a loop.
     """
     if final is not None:
         missing = ~(np.isfinite(final[0]) & np.isfinite(final[1]))
         if not missing.any():
-            return tuple(jax.device_put(x) for x in final)
-    evaluated = compiled_evaluate(loss, batched)(carry, data)
-    if final is None:
-        return evaluated
-    return tuple(
-        jax.device_put(np.where(missing, np.asarray(new, old.dtype), old))
-        for new, old in zip(evaluated, final, strict=True)
-    )
+            return carry, *(jax.device_put(x) for x in final)
+    value, norm = (np.asarray(x) for x in compiled_evaluate(loss, batched)(carry, data))
+    if final is not None:
+        value, norm = (
+            np.where(missing, np.asarray(new, old.dtype), old)
+            for new, old in zip((value, norm), final, strict=True)
+        )
+    if tol is not None:
+        status = np.asarray(carry.status)
+        met = (status == Status.MAX_STEPS) & (norm < tol)
+        if met.any():
+            status = np.where(met, Status.CONVERGED, status).astype(np.int32)
+            carry = carry._replace(status=jax.device_put(status))
+    return carry, jax.device_put(value), jax.device_put(norm)
 
 
 def check_checkpointing(checkpoint_dir, checkpoint_every, resume):
@@ -288,6 +296,8 @@ def _resume(path, carry, steps, tol, run_meta):
     tighter = tol is not None and (saved_tol is None or tol < saved_tol)
     reopen = (saved.status == Status.MAX_STEPS) | ((saved.status == Status.CONVERGED) & tighter)
     budget_left = saved.iteration < steps
+    # a run saved while going on whose budget this call has already spent ends there
+    reopen = reopen | (saved.status == Status.RUNNING)
     status = jnp.where(
         reopen, jnp.where(budget_left, Status.RUNNING, Status.MAX_STEPS), saved.status
     )
