@@ -333,3 +333,19 @@ def test_no_rule_takes_a_step_that_raises_a_float32_loss(make):
     assert float(res.final_loss) <= seen[-1] + slack
     if make is not jd.optim.gauss_newton:  # its model (J ~ 0 here) may jump to another minimum
         assert abs(float(res.params[0]) - np.pi) < 1.3 + 1e-6, res.params
+
+
+def test_trust_region_newton_stalled_at_its_precision_makes_no_trials():
+    """At the Rosenbrock minimum no step lowers the loss in float64: once the radius is below
+    the rounding of the params, an update solves nothing and the params stay bit for bit."""
+    with jax.enable_x64(True):
+        f = jd.problems.rosenbrock
+        start = jnp.array([-1.2, 1.0])
+        short = jd.fit(f, start, jd.optim.newton(), steps=100)
+        long = jd.fit(f, start, jd.optim.newton(), steps=300)
+        state = long.opt_state
+        x_size = np.linalg.norm(np.asarray(state.scale) * np.asarray(long.params))
+        assert int(state.trials) == 0
+        assert float(state.radius) <= np.finfo(np.float64).eps * x_size
+        np.testing.assert_array_equal(long.params, short.params)
+        np.testing.assert_allclose(long.params, [1.0, 1.0], rtol=1e-12)

@@ -358,8 +358,12 @@ def _trust_region_update(f, x, g, h, value, state, hp, *, max_trials, change, sc
         accept = by_ratio | jax.lax.cond(maybe, flat, lambda: False)
         return d, mu, rho, accept, jnp.linalg.norm(z), quiet
 
+    # a radius below the rounding of x admits no step that changes x: no trial is made, so a
+    # run stalled at the floor of its precision costs a Hessian per step, not max_trials solves
+    floor = jnp.finfo(dtype).eps * jnp.linalg.norm(scale * x)
+
     def cond(s):
-        return ~s[3] & (s[4] < max_trials)
+        return ~s[3] & (s[4] < max_trials) & (s[0] > floor)
 
     def body(s):
         radius, _, _, _, i, _, _ = s
@@ -422,7 +426,9 @@ def newton(
       rejected steps are retried with a smaller ball, up to ``max_trials`` per update. **A
       step that raises the loss is never taken.** (In floating point close to a minimum,
       where the loss change is below rounding, a step that leaves the loss unchanged and
-      shrinks the gradient is taken.)
+      shrinks the gradient is taken.) Once ``Delta`` is below the rounding of the params,
+      ``eps ||D theta||``, no trial is made: a run stalled at its precision costs one
+      Hessian per update.
     - **Line search** (``line_search=True``): ``(H + mu I) d = -g`` by Cholesky with Levenberg
       damping ``mu`` raised from ``damping`` until ``H + mu I`` is positive definite, then
       Armijo backtracking on ``value_fn`` from the full step (Nocedal and Wright's
