@@ -520,9 +520,10 @@ def levenberg_marquardt(
         root = jnp.sqrt(scale)
         x_size = jnp.linalg.norm(root * c.x)
         start_radius = hp["initial_radius"].astype(dtype) * x_size
-        # a radius below the rounding of x admits no step that changes x: no trial is made
-        # (a run stalled at the floor of its precision then costs a Jacobian per step, not
-        # max_trials rejected solves)
+        # the radius only falls this low after many rejected trials in a row; a step within
+        # it changes the scaled params by less than their rounding (eps ||D^{1/2} x||), so
+        # no trial is made (a run stalled at the floor of its precision then costs a
+        # Jacobian per step, not max_trials rejected solves)
         floor = jnp.finfo(dtype).eps * x_size
         radius = jnp.where(
             state.count == 0,

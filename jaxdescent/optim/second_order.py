@@ -358,8 +358,10 @@ def _trust_region_update(f, x, g, h, value, state, hp, *, max_trials, change, sc
         accept = by_ratio | jax.lax.cond(maybe, flat, lambda: False)
         return d, mu, rho, accept, jnp.linalg.norm(z), quiet
 
-    # a radius below the rounding of x admits no step that changes x: no trial is made, so a
-    # run stalled at the floor of its precision costs a Hessian per step, not max_trials solves
+    # the radius only falls this low after many rejected trials in a row; a step within it
+    # changes the scaled params by less than their rounding (eps ||D x||), so no trial is
+    # made: a run stalled at the floor of its precision costs a Hessian per step, not
+    # max_trials solves
     floor = jnp.finfo(dtype).eps * jnp.linalg.norm(scale * x)
 
     def cond(s):
