@@ -21,31 +21,41 @@ import numpy as np
 import optax
 
 import jaxdescent as jd
+from benchmarks.common import measure
 
 
 def timeit(fn, r=5):
-    fn()
-    ts = []
-    for _ in range(r):
-        t = time.perf_counter()
-        jax.block_until_ready(fn())
-        ts.append(time.perf_counter() - t)
-    return statistics.median(ts)
+    """Warm median of ``r`` calls after a warm-up call (:func:`benchmarks.common.measure`)."""
+    return measure(fn, r).median_s
+
+
+def scan_steps(loss, opt, p, steps, *args):
+    """``steps`` optax steps from ``p`` as one ``lax.scan`` (the hand-written loop):
+    ``(final params, losses)``."""
+
+    def body(c, _):
+        p, s = c
+        v, g = jax.value_and_grad(loss)(p, *args)
+        u, s = opt.update(g, s, p)
+        return (optax.apply_updates(p, u), s), v
+
+    (p, _s), vs = jax.lax.scan(body, (p, opt.init(p)), length=steps)
+    return p, vs
 
 
 def hand_fit(loss, p0, opt, data, steps):
-    @jax.jit
-    def run(p, data):
-        def body(c, _):
-            p, s = c
-            v, g = jax.value_and_grad(loss)(p, data)
-            u, s = opt.update(g, s, p)
-            return (optax.apply_updates(p, u), s), v
-
-        (p, _s), vs = jax.lax.scan(body, (p, opt.init(p)), length=steps)
-        return p, vs
-
+    run = jax.jit(lambda p, data: scan_steps(loss, opt, p, steps, data))
     return lambda: run(p0, data)
+
+
+def mlp_case():
+    """The MLP case: ``(loss, params, optimizer, data)``, the data on the device."""
+    x = jax.random.normal(jax.random.key(0), (512, 8))
+    y = jnp.sin(x).sum(1)
+    m = jd.models.mlp([8, 64, 64, 1])
+    loss = jd.losses.nll(m.apply, jd.likelihoods.Gaussian())
+    p0 = m.init(jax.random.key(1))
+    return loss, p0, jd.optim.adam(1e-3), jax.block_until_ready((x, y))
 
 
 def main(case: str) -> None:
@@ -136,23 +146,13 @@ def main(case: str) -> None:
             f"logreg fit {a * 1e3:.1f} ms, hand scan {b * 1e3:.1f} ms, ratio {a / b:.2f}; no history {c / b:.2f}"
         )
     elif case == "mlp":
-        x = jax.random.normal(jax.random.key(0), (512, 8))
-        y = jnp.sin(x).sum(1)
-        m = jd.models.mlp([8, 64, 64, 1])
-        loss = jd.losses.nll(m.apply, jd.likelihoods.Gaussian())
-        p0 = m.init(jax.random.key(1))
-        opt = jd.optim.adam(1e-3)
+        loss, p0, opt, (x, y) = mlp_case()
         a = timeit(lambda: jd.fit(loss, p0, opt, data=(x, y), steps=2000).params, 3)
         b = timeit(hand_fit(loss, p0, opt, (x, y), 2000), 3)
         print(f"mlp fit {a * 1e3:.1f} ms, hand scan {b * 1e3:.1f} ms, ratio {a / b:.2f}")
     elif case in ("first_fit", "first_hand"):
-        x = jax.random.normal(jax.random.key(0), (512, 8))
-        y = jnp.sin(x).sum(1)
-        m = jd.models.mlp([8, 64, 64, 1])
-        loss = jd.losses.nll(m.apply, jd.likelihoods.Gaussian())
-        p0 = m.init(jax.random.key(1))
-        opt = jd.optim.adam(1e-3)
-        jax.block_until_ready((x, y, p0))
+        loss, p0, opt, (x, y) = mlp_case()
+        jax.block_until_ready(p0)
         t = time.perf_counter()
         if case == "first_fit":
             jax.block_until_ready(jd.fit(loss, p0, opt, data=(x, y), steps=2000).params)
@@ -174,19 +174,7 @@ def main(case: str) -> None:
 
         @jax.jit
         def hand(keys):
-            def one(k):
-                p = init(k)
-
-                def body(c, _):
-                    p, s = c
-                    v, g = jax.value_and_grad(f)(p)
-                    u, s = opt.update(g, s, p)
-                    return (optax.apply_updates(p, u), s), v
-
-                (p, _s), vs = jax.lax.scan(body, (p, opt.init(p)), length=1000)
-                return p, vs
-
-            return jax.vmap(one)(keys)
+            return jax.vmap(lambda k: scan_steps(f, opt, init(k), 1000))(keys)
 
         b = timeit(lambda: hand(keys), 3)
         print(

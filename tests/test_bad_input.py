@@ -970,17 +970,6 @@ ENGINE_OPTION_CASES = [
 ]
 
 
-@pytest.mark.parametrize(
-    ("call", "error", "fragments"),
-    [c[1:] for c in ENGINE_OPTION_CASES],
-    ids=[c[0] for c in ENGINE_OPTION_CASES],
-)
-def test_bad_engine_options(no_loop_compile, call, error, fragments):
-    with pytest.raises(error) as excinfo:
-        call()
-    assert_clear(excinfo, fragments)
-
-
 def test_checkpoint_save_refuses_a_string_leaf(tmp_path):
     with pytest.raises(TypeError, match=r"leaf \['name'\] is str"):
         jd.checkpoint.save(tmp_path / "c.jdc", {"w": jnp.ones(2), "name": "run-1"})
@@ -1064,10 +1053,12 @@ DATA_CASES = [
 
 @pytest.mark.parametrize(
     ("call", "error", "fragments"),
-    [c[1:] for c in DATA_CASES],
-    ids=[c[0] for c in DATA_CASES],
+    [c[1:] for c in ENGINE_OPTION_CASES + DATA_CASES],
+    ids=[c[0] for c in ENGINE_OPTION_CASES + DATA_CASES],
 )
-def test_bad_data_labels_and_diagnostics_input(no_loop_compile, call, error, fragments):
+def test_bad_engine_options_data_labels_and_diagnostics_input(
+    no_loop_compile, call, error, fragments
+):
     with pytest.raises(error) as excinfo:
         call()
     assert_clear(excinfo, fragments)

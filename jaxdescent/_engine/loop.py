@@ -63,7 +63,7 @@ def _takes_extra_args(update) -> bool:
 
 
 def make_step(loss: Callable, optimizer: optax.GradientTransformation) -> Callable:
-    """One optimisation step: ``step(params, opt_state, batch=None)``.
+    """One optimisation step: ``step(params, opt_state, batch=None, skip_update=False)``.
 
     Returns ``(new_params, new_opt_state, loss_value, grad_norm)``, where the loss and the
     gradient norm are those at the *incoming* params. ``batch=None`` calls ``loss(params)``,
@@ -72,6 +72,8 @@ def make_step(loss: Callable, optimizer: optax.GradientTransformation) -> Callab
     second-order rules and line searches use (and optax's ``lbfgs``); for a loss built by
     :func:`jaxdescent.losses.nll`, also ``model_fn``, ``likelihood`` and ``targets``
     (:meth:`jaxdescent.losses.NLL.rule_extras`), which Gauss-Newton rules use.
+    ``skip_update`` (a boolean, traced or not) returns the params and state unchanged: the
+    loop's final evaluation measures the last params with the step's own code.
     """
     opt = as_extra_args(optimizer)
 
@@ -118,10 +120,6 @@ def init_carry(params, opt_state, key, n: int, batch_size: int | None) -> Carry:
         key=key,
         perm=jnp.zeros((perm_size,), jnp.int32),
     )
-
-
-def _select(pred, on_true, on_false):
-    return jax.tree.map(lambda a, b: jnp.where(pred, a, b), on_true, on_false)
 
 
 def _propose(c, data, new_epoch, final, *, step, batch_size, n, per_epoch):
@@ -180,29 +178,11 @@ def _commit(c, proposal, confirm, tol, limit, final):
 
     ``confirm`` is the full-data gradient norm at the incoming params when this step's
     (batch) norm fell below ``tol`` (for full-batch runs, the norm itself): a run converges
-    only when both are below ``tol``.
+    only when both are below ``tol``. The trees are chosen with ``lax.cond``, whose branches
+    only pass buffers on: for one run the program then holds no select per leaf of the
+    params and optimizer state (each a kernel to compile and a copy at every step); under
+    ``vmap`` over runs the conds become exactly those per-run selects.
     """
-    new_params, new_state, value, norm, perm = proposal
-    finite, accept, iteration, status = _outcome(c, value, norm, confirm, tol, limit, final)
-    kept = _select(finite, c.params, c.prev_params)
-    return Carry(
-        params=_select(accept, new_params, kept),
-        opt_state=_select(accept, new_state, _select(finite, c.opt_state, c.prev_opt_state)),
-        prev_params=_select(accept, c.params, c.prev_params),
-        prev_opt_state=_select(accept, c.opt_state, c.prev_opt_state),
-        iteration=iteration,
-        updates=_counted(c.updates, accept, finite),
-        status=status,
-        key=c.key,
-        perm=perm,
-    )
-
-
-def _commit_one(c, proposal, confirm, tol, limit, final):
-    """:func:`_commit` for one (unbatched) run, choosing with ``lax.cond`` instead of
-    elementwise selects: the branches only pass buffers on, so the program holds no select
-    per leaf of the params and optimizer state (each one a kernel to compile and a copy of
-    the state to make at every step)."""
     new_params, new_state, value, norm, perm = proposal
     finite, accept, iteration, status = _outcome(c, value, norm, confirm, tol, limit, final)
     trees = jax.lax.cond(
@@ -410,7 +390,7 @@ def _chunk(
             proposal = propose(c, data, starts_epoch(i), final(i))
             _, _, value, norm, _ = proposal
             full = confirm(norm, c.params, True)
-            new_c = _commit_one(c, proposal, full, tol, limit, final(i))
+            new_c = _commit(c, proposal, full, tol, limit, final(i))
             # one run: the last measurement, judged after the loop
             ends = (value.astype(dtype), norm.astype(dtype))
         if every:
