@@ -40,8 +40,12 @@ __all__ = ["Minima", "MultistartResult", "distinct_minima", "multistart", "resta
 def restart_keys(key: jax.Array, restarts: int) -> tuple[jax.Array, jax.Array]:
     """The ``(init_keys, fit_keys)`` that :func:`multistart` gives each restart."""
     restarts = check_int("restarts", restarts, minimum=1)
-    keys = jax.random.split(as_key(key), restarts)
-    pairs = jax.vmap(jax.random.split)(keys)
+    return _split_keys(as_key(key), restarts)
+
+
+@functools.partial(jax.jit, static_argnums=1)
+def _split_keys(key, restarts):
+    pairs = jax.vmap(jax.random.split)(jax.random.split(key, restarts))
     return pairs[:, 0], pairs[:, 1]
 
 
@@ -107,7 +111,7 @@ def multistart(
     value_loss = scalar_loss(loss) if has_aux else loss
     init_keys, fit_keys = restart_keys(key, restarts)
     try:
-        params_shape = jax.eval_shape(init, init_keys[0])
+        params_shape = jax.eval_shape(init, jax.ShapeDtypeStruct((), init_keys.dtype))
     except Exception as err:
         raise ValueError(f"calling init(key) failed while checking the problem: {err}") from err
     example = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), params_shape)

@@ -80,6 +80,40 @@ def test_restart_i_equals_fit_from_its_keys():
         assert int(res.steps_taken[i]) == int(one.steps_taken)
 
 
+@pytest.mark.filterwarnings("ignore:.*ended NONFINITE:RuntimeWarning")
+def test_full_batch_restarts_that_end_differently_equal_their_fits():
+    # full batch, restarts that converge at different steps, one that turns non-finite
+    # mid-run, and ones that spend their budget: the fast loop's undo and the frozen runs
+    # give each restart exactly its own fit
+    lrs = jnp.array([0.5, 0.1, 1e3, 0.001, 0.3, 0.02])
+    kwargs = {"steps": 40, "tol": 1e-4}
+
+    def bowl(x):
+        return 0.5 * jnp.sum(x**2)
+
+    def start(key):
+        return jax.random.normal(key, (3,))
+
+    res = jd.multistart(start, bowl, jd.optim.sgd(0.1), key=jax.random.key(6), restarts=6,
+                        hyperparams={"learning_rate": lrs}, **kwargs)  # fmt: skip
+    status = np.asarray(res.status)
+    assert {Status.CONVERGED, Status.NONFINITE, Status.MAX_STEPS} <= set(status.tolist())
+    taken = np.asarray(res.steps_taken)
+    assert len(set(taken[status == Status.CONVERGED].tolist())) > 1
+    assert 1 < taken[status == Status.NONFINITE][0] < 40
+    for i in range(6):
+        one = jd.fit(bowl, start(res.init_keys[i]), jd.optim.sgd(float(lrs[i])), **kwargs)
+        assert int(res.status[i]) == int(one.status)
+        assert int(res.steps_taken[i]) == int(one.steps_taken)
+        np.testing.assert_allclose(res.params[i], one.params, rtol=1e-6)
+        ran = one.losses.shape[0]
+        np.testing.assert_allclose(res.losses[i, :ran], one.losses, rtol=1e-6)
+        np.testing.assert_allclose(res.grad_norms[i, :ran], one.grad_norms, rtol=1e-6)
+        assert np.all(np.isnan(np.asarray(res.losses[i, ran:])))
+        np.testing.assert_allclose(res.final_losses[i], one.final_loss, rtol=1e-6)
+        np.testing.assert_allclose(res.final_grad_norms[i], one.final_grad_norm, rtol=1e-6)
+
+
 def test_himmelblau_four_minima():
     newton = jd.optim.newton()
     res = jd.multistart(box, jd.problems.himmelblau, newton, key=jax.random.key(0),

@@ -125,9 +125,8 @@ def drive(
             final = _merge_ends(final, ends)
             ran = int(ran)
             rows = recorded_rows(done_steps, ran, record_every)
-            # cut on the host: an eager slice would compile once per history length
-            losses.append(np.asarray(chunk_losses)[..., :rows])
-            norms.append(np.asarray(chunk_norms)[..., :rows])
+            losses.append(_recorded(chunk_losses, rows))
+            norms.append(_recorded(chunk_norms, rows))
             done_steps += ran
             chunks_run += 1
             if path_taken is not None:
@@ -324,9 +323,20 @@ def _save(path, carry, losses, norms, done_steps, tol, run_meta):
     ckpt.save(path, (carry, hist), meta)
 
 
+def _recorded(history, rows):
+    """A chunk's history cut to its ``rows`` recorded steps: the device array itself when
+    they fill it (a whole run in one chunk), else cut on the host (an eager slice would
+    compile once per history length)."""
+    if history.shape[-1] == rows:
+        return history
+    return np.asarray(history)[..., :rows]
+
+
 def _join(parts, carry):
     """The recorded history as one device array, joined on the host: eager ``jnp`` ops
     (and ``jnp.asarray``) would compile once per history length."""
+    if len(parts) == 1 and isinstance(parts[0], jax.Array):
+        return parts[0]
     if parts:
         return jax.device_put(np.concatenate([np.asarray(p) for p in parts], axis=-1))
     return jax.device_put(np.zeros((*carry.status.shape, 0), history_dtype(carry.params)))

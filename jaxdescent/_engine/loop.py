@@ -8,6 +8,10 @@ The chunk in which a run ends also measures its final params, so a configuration
 one program: full batch, the last params are evaluated by one more loop iteration whose
 update is skipped (a converged run measured its params when it stopped); mini-batch, the
 whole data is evaluated after the loop, under a ``lax.cond``.
+
+Under ``vmap``, full-batch steps run in an inner loop that treats every run as accepting
+its step (no per-run select); the first step some run does not accept is undone and taken
+again with the per-run checks (``fast_steps`` in :func:`_chunk`).
 """
 
 from __future__ import annotations
@@ -26,7 +30,8 @@ from jaxdescent._engine.cache import cached, fingerprint, owner_ref
 from jaxdescent.losses import NLL
 from jaxdescent.results import Status
 
-# steps per while-loop iteration in batched mode (amortises the loop's own overhead)
+# steps per while-loop iteration for mini-batch runs under vmap (amortises the loop's own
+# overhead; full-batch runs take their common steps in an inner loop, :func:`_chunk`)
 _UNROLL = 2
 
 
@@ -278,11 +283,14 @@ def _chunk(
     dtype = history_dtype(carry.params)
     lead = carry.status.shape  # () for one run, (runs,) when batched
     # history rows are recorded steps, so each step writes one contiguous row; steps that are
-    # not recorded (and, batched, the up to ``unroll - 1`` gated steps past the chunk's end)
+    # not recorded (and, batched, the gated steps past the chunk's end)
     # write a scratch row past the end, cut off at the end
-    unroll = _UNROLL if batched else 1
+    fast = batched and batch_size is None
+    unroll = _UNROLL if batched and not fast else 1
     every = record_every
-    rows = 0 if every == 0 else -(-chunk_len // every) + 1
+    # at most ceil(chunk_len / every) multiples of ``every`` lie in a chunk's steps: a
+    # whole-run chunk's history then has exactly its recorded rows (no cut needed)
+    rows = 0 if every == 0 else -(-chunk_len // every)
     history = (
         jnp.full((rows + 1, *lead), jnp.nan, dtype),
         jnp.full((rows + 1, *lead), jnp.nan, dtype),
@@ -336,6 +344,8 @@ def _chunk(
         return ((i < chunk_steps) | final(i)) & jnp.any(c.status == Status.RUNNING)
 
     def body(state):
+        if fast:
+            return fast_steps(state)
         for _ in range(unroll):
             state = sub_step(state)
         return state
@@ -363,13 +373,8 @@ def _chunk(
             def some_stop():
                 new_c = vcommit(c, proposal, full, tol, limit, final(i))
                 # runs that have ended keep their carry (the key never changes in a step)
-                new_c = jax.tree.map(
-                    lambda a, b: jnp.where(
-                        active.reshape((1,) * (a.ndim - 1) + active.shape), a, b
-                    ),
-                    new_c._replace(key=None),
-                    c._replace(key=None),
-                )._replace(key=c.key)
+                new_c = _pick(active, new_c._replace(key=None), c._replace(key=None))
+                new_c = new_c._replace(key=c.key)
                 ended = ended_here(c, new_c) if in_loop_end else False
                 new_ends = tuple(jnp.where(ended, x, e) for x, e in zip((value, norm), ends))
                 # an ended run's row stays nan (reading the old row would copy the buffer)
@@ -393,11 +398,64 @@ def _chunk(
             new_c = _commit(c, proposal, full, tol, limit, final(i))
             # one run: the last measurement, judged after the loop
             ends = (value.astype(dtype), norm.astype(dtype))
-        if every:
-            r = row(i)
-            losses = losses.at[r].set(value.astype(dtype))
-            norms = norms.at[r].set(norm.astype(dtype))
-        return new_c, (losses, norms), i + 1, ends
+        return new_c, record((losses, norms), i, value, norm), i + 1, ends
+
+    def record(history, i, value, norm):
+        if not every:
+            return history
+        r = row(i)
+        return tuple(h.at[r].set(x.astype(dtype)) for h, x in zip(history, (value, norm)))
+
+    def fast_steps(state):
+        """Full batch under ``vmap``: steps with no per-run choice, then one guarded step.
+
+        An inner loop applies each step as if every run accepted it (no ``lax.cond`` and no
+        select per leaf: the common path is the hand-written loop's, plus the copies a
+        roll-back needs), and stops after the first step that some running run does not
+        accept (its loss or gradient not finite, or converged) or at the chunk's end or
+        final evaluation. That step is undone exactly (the params and state before it are
+        the carry's previous ones; the inner loop keeps the ones before those), and the
+        guarded :func:`sub_step` takes it again. Runs that had ended before take part in the
+        inner loop's arithmetic but keep their carry. Results, statuses and histories are
+        those of guarding every step, bit for bit.
+        """
+        c0, history, i0, ends = state
+        running = c0.status == Status.RUNNING
+
+        def go_on(s):
+            _, _, _, i, ok = s
+            return ok & (i < chunk_steps) & ~final(i)
+
+        def fast_step(s):
+            c, _, history, i, _ = s
+            proposal = vpropose(c, data, False, False)
+            value, norm = (x.astype(dtype) for x in proposal[2:4])
+            fine = jnp.isfinite(value) & jnp.isfinite(norm) & ~(norm < tol)
+            ok = jnp.all(fine | ~running)
+            # an ended run's row stays nan
+            shown = (jnp.where(running, value, jnp.nan), jnp.where(running, norm, jnp.nan))
+            before = (c.prev_params, c.prev_opt_state)
+            new_c = _commit_all_accepted(c, proposal, None)
+            return new_c, before, record(history, i, *shown), i + 1, ok
+
+        start = (c0, (c0.prev_params, c0.prev_opt_state), history, i0, jnp.any(running))
+        c, (prev_params, prev_state), history, i, ok = jax.lax.while_loop(go_on, fast_step, start)
+        undo = ~ok & (i > i0)  # the last step needs the per-run checks
+        c = jax.lax.cond(
+            undo,
+            lambda: c._replace(
+                params=c.prev_params,
+                opt_state=c.prev_opt_state,
+                prev_params=prev_params,
+                prev_opt_state=prev_state,
+                iteration=c.iteration - 1,
+                updates=c.updates - 1,
+            ),
+            lambda: c,
+        )
+        # runs that had ended keep their carry (and their status)
+        c = _pick(running, c._replace(key=None), c0._replace(key=None))._replace(key=c0.key)
+        return sub_step((c, history, jnp.where(undo, i - 1, i), ends))
 
     nan = jnp.full(lead, jnp.nan, dtype)
     start = (carry, history, jnp.zeros([], jnp.int32), (nan, nan))
@@ -425,6 +483,13 @@ def _chunk(
         )
     history = tuple(jnp.moveaxis(h[:rows], 0, -1) for h in history)
     return carry, history, ran, value, norm
+
+
+def _pick(which, a, b):
+    """Per run, the tree ``a`` where ``which`` else ``b`` (run axis last, as in the loop)."""
+    return jax.tree.map(
+        lambda x, y: jnp.where(which.reshape((1,) * (x.ndim - 1) + which.shape), x, y), a, b
+    )
 
 
 def _runs_last(x):
