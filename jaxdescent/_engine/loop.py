@@ -9,9 +9,12 @@ one program: full batch, the last params are evaluated by one more loop iteratio
 update is skipped (a converged run measured its params when it stopped); mini-batch, the
 whole data is evaluated after the loop, under a ``lax.cond``.
 
-Under ``vmap``, full-batch steps run in an inner loop that treats every run as accepting
-its step (no per-run select); the first step some run does not accept is undone and taken
-again with the per-run checks (``fast_steps`` in :func:`_chunk`).
+Full batch, the common step carries no bookkeeping beyond a roll-back copy: for one run, a
+step's loss and gradient decide (before its update) whether the loop goes on, and the one
+step that ends the run is settled after the loop (``plain_steps`` in :func:`_chunk`); under
+``vmap``, an inner loop treats every run as accepting its step (no per-run select), and the
+first step some run does not accept is undone and taken again with the per-run checks
+(``fast_steps``).
 """
 
 from __future__ import annotations
@@ -80,26 +83,43 @@ def make_step(loss: Callable, optimizer: optax.GradientTransformation) -> Callab
     ``skip_update`` (a boolean, traced or not) returns the params and state unchanged: the
     loop's final evaluation measures the last params with the step's own code.
     """
-    opt = as_extra_args(optimizer)
+    measure, update = _step_parts(loss, optimizer)
 
     def step(params, opt_state, batch=None, skip_update=False):
-        value_fn = loss if batch is None else functools.partial(_call_with_batch, loss, batch)
-        value, grads = jax.value_and_grad(value_fn)(params)
-
-        def update():
-            extras = loss.rule_extras(batch) if isinstance(loss, NLL) and batch is not None else {}
-            updates, new_state = opt.update(
-                grads, opt_state, params, value_fn=value_fn, value=value, grad=grads, **extras
-            )
-            return optax.apply_updates(params, updates), new_state
-
+        value, grads = measure(params, batch)
         if skip_update is False:
-            new_params, new_state = update()
+            new_params, new_state = update(params, opt_state, batch, value, grads)
         else:  # the loop's final evaluation: the loss and gradient only
-            new_params, new_state = jax.lax.cond(skip_update, lambda: (params, opt_state), update)
+            new_params, new_state = jax.lax.cond(
+                skip_update,
+                lambda: (params, opt_state),
+                lambda: update(params, opt_state, batch, value, grads),
+            )
         return new_params, new_state, value, global_norm(grads)
 
     return step
+
+
+def _step_parts(loss: Callable, optimizer: optax.GradientTransformation):
+    """A step's two halves: ``measure(params, batch) -> (value, grads)`` and ``update(params,
+    opt_state, batch, value, grads) -> (new_params, new_state)`` (see :func:`make_step`)."""
+    opt = as_extra_args(optimizer)
+
+    def value_fn_for(batch):
+        return loss if batch is None else functools.partial(_call_with_batch, loss, batch)
+
+    def measure(params, batch):
+        return jax.value_and_grad(value_fn_for(batch))(params)
+
+    def update(params, opt_state, batch, value, grads):
+        extras = loss.rule_extras(batch) if isinstance(loss, NLL) and batch is not None else {}
+        updates, new_state = opt.update(
+            grads, opt_state, params, value_fn=value_fn_for(batch), value=value, grad=grads,
+            **extras,
+        )  # fmt: skip
+        return optax.apply_updates(params, updates), new_state
+
+    return measure, update
 
 
 def global_norm(tree) -> jax.Array:
@@ -280,13 +300,13 @@ def _chunk(
     propose = functools.partial(
         _propose, step=make_step(loss, optimizer), batch_size=batch_size, n=n, per_epoch=per_epoch
     )
+    measure, update = _step_parts(loss, optimizer)
     dtype = history_dtype(carry.params)
     lead = carry.status.shape  # () for one run, (runs,) when batched
     # history rows are recorded steps, so each step writes one contiguous row; steps that are
     # not recorded (and, batched, the gated steps past the chunk's end)
     # write a scratch row past the end, cut off at the end
-    fast = batched and batch_size is None
-    unroll = _UNROLL if batched and not fast else 1
+    unroll = _UNROLL if batched else 1
     every = record_every
     # at most ceil(chunk_len / every) multiples of ``every`` lie in a chunk's steps: a
     # whole-run chunk's history then has exactly its recorded rows (no cut needed)
@@ -344,8 +364,8 @@ def _chunk(
         return ((i < chunk_steps) | final(i)) & jnp.any(c.status == Status.RUNNING)
 
     def body(state):
-        if fast:
-            return fast_steps(state)
+        if in_loop_end:
+            return fast_steps(state) if batched else plain_steps(state)
         for _ in range(unroll):
             state = sub_step(state)
         return state
@@ -405,6 +425,57 @@ def _chunk(
             return history
         r = row(i)
         return tuple(h.at[r].set(x.astype(dtype)) for h, x in zip(history, (value, norm)))
+
+    def plain_steps(state):
+        """Full batch, one run: steps until one needs a decision, then that decision.
+
+        A step's loss and gradient are measured before its update, so whether the run goes
+        on is known first: the update (and the roll-back copy of the params and state it
+        replaces) runs under one ``lax.cond``, and the loop stops at the first step that is
+        not a plain accept (non-finite, converged, or the final evaluation). That step's
+        outcome is then settled once, by :func:`_commit`, outside the per-step path.
+        """
+        c0, history, i0, ends = state
+
+        def go_on(s):
+            _, _, i, ok, _ = s
+            return ok & ((i < chunk_steps) | final(i))
+
+        def plain_step(s):
+            c, history, i, _, _ = s
+            value, grads = measure(c.params, data)
+            norm = global_norm(grads)
+            value, norm = value.astype(dtype), norm.astype(dtype)
+            ok = jnp.isfinite(value) & jnp.isfinite(norm) & ~(norm < tol) & ~final(i)
+
+            def advance():
+                new_params, new_state = update(c.params, c.opt_state, data, value, grads)
+                return new_params, new_state, c.params, c.opt_state
+
+            def stay():
+                return c.params, c.opt_state, c.prev_params, c.prev_opt_state
+
+            trees = jax.lax.cond(ok, advance, stay)
+            moved = ok.astype(jnp.int32)
+            c = c._replace(
+                params=trees[0],
+                opt_state=trees[1],
+                prev_params=trees[2],
+                prev_opt_state=trees[3],
+                iteration=c.iteration + moved,
+                updates=c.updates + moved,
+            )
+            return c, record(history, i, value, norm), i + moved, ok, (value, norm)
+
+        start = (c0, history, i0, jnp.asarray(True), ends)
+        c, history, i, ok, (value, norm) = jax.lax.while_loop(go_on, plain_step, start)
+
+        def settle():  # the step that was not a plain accept: stop, converge or roll back
+            proposal = (c.params, c.opt_state, value, norm, c.perm)
+            return _commit(c, proposal, norm, tol, None, final(i)), i + 1, (value, norm)
+
+        c, i, ends = jax.lax.cond(ok, lambda: (c, i, ends), settle)
+        return c, history, i, ends
 
     def fast_steps(state):
         """Full batch under ``vmap``: steps with no per-run choice, then one guarded step.
