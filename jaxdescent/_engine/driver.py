@@ -93,7 +93,8 @@ def drive(
     hold the recorded steps up to the last one run.
     """
     run_chunk = compiled(loss, optimizer, batch_size, chunk, batched, record_every)
-    tol_value = jnp.asarray(-jnp.inf if tol is None else tol)
+    # a Python float is a weakly typed scalar argument: no eager conversion to compile
+    tol_value = -math.inf if tol is None else float(tol)
     # host (NumPy) data goes to the device once, not once per chunk
     data = jax.tree.map(lambda x: x if isinstance(x, jax.Array) else jnp.asarray(x), data)
     losses, norms = [], []

@@ -26,6 +26,7 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from jaxdescent import data as data_lib
@@ -132,7 +133,8 @@ def _call_with_batch(loss, batch, params):
 
 
 def init_carry(params, opt_state, key, n: int, batch_size: int | None) -> Carry:
-    zero = jnp.zeros([], jnp.int32)
+    # NumPy constants: eager ``jnp.zeros`` would compile a small program on first use
+    zero = jax.device_put(np.zeros((), np.int32))
     perm_size = 0 if batch_size is None else n
     return Carry(
         params=params,
@@ -143,7 +145,7 @@ def init_carry(params, opt_state, key, n: int, batch_size: int | None) -> Carry:
         updates=zero,
         status=zero,
         key=key,
-        perm=jnp.zeros((perm_size,), jnp.int32),
+        perm=jax.device_put(np.zeros((perm_size,), np.int32)),
     )
 
 

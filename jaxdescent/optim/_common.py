@@ -64,7 +64,13 @@ def initial_hyperparams(runtime: dict[str, Any], params: Any) -> dict[str, jax.A
     """``state.hyperparams`` at init: each runtime value as a scalar array of
     :func:`hyperparam_dtype`. Each use casts it to the dtype of the leaf it meets."""
     dtype = hyperparam_dtype(params)
-    return {name: jnp.asarray(value, dtype) for name, value in runtime.items()}
+    return {name: _scalar(value, dtype) for name, value in runtime.items()}
+
+
+def _scalar(value, dtype):
+    if isinstance(value, numbers.Number | np.ndarray | np.generic):  # on the host: no compile
+        return jax.device_put(np.asarray(value, dtype))
+    return jnp.asarray(value, dtype)
 
 
 def current_hyperparams(
@@ -201,3 +207,27 @@ def check_grads(grads: Any, params: Any, like: Any = None) -> None:
                 f"grads{jax.tree_util.keystr(path)} must have shape {jnp.shape(r)} like "
                 f"{name}; got shape {jnp.shape(g)}"
             )
+
+
+def zeros_like(tree: Any) -> Any:
+    """``optax.tree.zeros_like``, made on the host for concrete arrays.
+
+    An eager ``jnp.zeros_like`` compiles a small XLA program per shape the first time it
+    meets one (about 20 ms each on CPU), which a model's first ``fit`` pays for every
+    distinct parameter shape. NumPy zeros put on the array's devices cost no compile; traced
+    leaves (under ``jit`` or ``vmap``) get ``jnp.zeros_like``.
+    """
+    return jax.tree.map(_zeros_like, tree)
+
+
+def _zeros_like(x):
+    if isinstance(x, jax.Array) and not isinstance(x, jax.core.Tracer):
+        zeros = np.zeros(x.shape, x.dtype)
+        # spread over devices as ``x`` is; on one device, uncommitted (free to follow data)
+        return jax.device_put(zeros, x.sharding if len(x.sharding.device_set) > 1 else None)
+    return jnp.zeros_like(x)
+
+
+def zero_count() -> jax.Array:
+    """A step counter at zero (an int32 scalar, put on the device without a compile)."""
+    return jax.device_put(np.zeros((), np.int32))

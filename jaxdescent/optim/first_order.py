@@ -45,6 +45,8 @@ from jaxdescent.optim._common import (
     initial_hyperparams,
     scale_like,
     split_hyperparams,
+    zero_count,
+    zeros_like,
 )
 
 __all__ = [
@@ -109,7 +111,7 @@ class AdamState(NamedTuple):
 
 
 def _count() -> jax.Array:
-    return jnp.zeros([], jnp.int32)
+    return zero_count()
 
 
 def _c(value: Any, like: jax.Array) -> jax.Array:
@@ -233,7 +235,7 @@ def momentum(
     def init(params):
         return MomentumState(
             count=_count(),
-            velocity=optax.tree.zeros_like(params),
+            velocity=zeros_like(params),
             hyperparams=initial_hyperparams(runtime, params),
         )
 
@@ -401,7 +403,7 @@ def rmsprop(
     )
 
     def init(params):
-        zeros = optax.tree.zeros_like(params)
+        zeros = zeros_like(params)
         return RmspropState(
             count=_count(),
             nu=optax.tree.full_like(params, initial_scale),
@@ -476,8 +478,8 @@ def _adam_init(runtime):
     def init(params):
         return AdamState(
             count=_count(),
-            mu=optax.tree.zeros_like(params),
-            nu=optax.tree.zeros_like(params),
+            mu=zeros_like(params),
+            nu=zeros_like(params),
             hyperparams=initial_hyperparams(runtime, params),
         )
 
