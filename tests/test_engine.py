@@ -275,6 +275,22 @@ def test_a_run_compiles_one_program(batch_size):
     assert float(res.final_loss) == pytest.approx(float(second(res.params, data)), rel=1e-6)
 
 
+def test_a_first_fit_compiles_only_its_loop():
+    """Nothing before the loop compiles: the optimizer's zeros, counters and hyperparameters
+    and the carry's counters come from the host (eager ``jnp`` ops would compile a small
+    program per new shape, ~20 ms each, on a model's first fit)."""
+    data = (jnp.ones((11, 7)), jnp.zeros((11, 5)))  # shapes no other test uses
+    p0 = {"w": jnp.full((7, 5), 0.1), "b": jnp.full((1, 5), 0.2), "s": jnp.ones((1, 5))}
+
+    def loss(p, batch):
+        return jnp.mean((batch[0] @ p["w"] * p["s"] + p["b"] - batch[1]) ** 2)
+
+    with Compiles() as c:
+        res = jd.fit(loss, p0, jd.optim.adam(1e-2), data=data, steps=4)
+    assert c.count == 1, c.count
+    assert int(res.steps_taken) == 4
+
+
 def test_a_newton_damping_sweep_is_one_program():
     f = jd.problems.himmelblau
     dampings = jnp.array([1e-3, 1e-1, 1.0, 10.0])
