@@ -354,7 +354,9 @@ def test_histories_cost_what_they_record():
     assert res.success and res.losses.shape == (int(res.steps_taken) + 1,)
     none = jd.fit(f, x0, jd.optim.newton(), steps=100_000, tol=1e-6, record_every=None)
     assert none.losses.shape == (0,) and none.success
-    np.testing.assert_array_equal(none.params, res.params)
+    # the same run; the two programs (with and without a history) may round a float32
+    # Newton step differently (XLA fuses them differently), so to rounding, not bit for bit
+    np.testing.assert_allclose(none.params, res.params, rtol=2e-6)
     every = jd.fit(f, x0, jd.optim.adam(0.01), steps=100, record_every=10)
     dense = jd.fit(f, x0, jd.optim.adam(0.01), steps=100)
     np.testing.assert_array_equal(every.losses, dense.losses[::10])

@@ -231,3 +231,15 @@ def _zeros_like(x):
 def zero_count() -> jax.Array:
     """A step counter at zero (an int32 scalar, put on the device without a compile)."""
     return jax.device_put(np.zeros((), np.int32))
+
+
+def curvature_rule(init: Callable, update: Callable) -> optax.GradientTransformationExtraArgs:
+    """A second-order rule's transformation, its ``update`` marked as one whose step is
+    dominated by curvature work (Hessians, Jacobians, factorizations, trial solves).
+
+    :func:`jaxdescent.fit` compiles the loop of such a rule for latency on CPU
+    (:data:`jaxdescent._engine.loop.LATENCY_OPTIONS`): these runs take few, expensive steps,
+    so compiling is most of a cold call.
+    """
+    update.compile_for_latency = True
+    return optax.GradientTransformationExtraArgs(init, update)

@@ -36,7 +36,7 @@ import optax
 from jax.flatten_util import ravel_pytree
 
 from jaxdescent._checks import check_choice, check_int, check_nonnegative, check_positive
-from jaxdescent.optim._common import increment
+from jaxdescent.optim._common import curvature_rule, increment
 from jaxdescent.optim.line_search import armijo_step, check_line_search, missing_value_fn
 
 __all__ = [
@@ -374,7 +374,7 @@ def gauss_newton(
         )
         return c.unravel(step), new_state
 
-    return optax.GradientTransformationExtraArgs(init, update)
+    return curvature_rule(init, update)
 
 
 def levenberg_marquardt(
@@ -598,7 +598,7 @@ def levenberg_marquardt(
         )
         return c.unravel(step), new_state
 
-    return optax.GradientTransformationExtraArgs(init, update)
+    return curvature_rule(init, update)
 
 
 def _acceleration(c: _Curvature, out_fn, likelihood, targets, d, mu, scale):

@@ -35,7 +35,7 @@ import optax
 from jax.flatten_util import ravel_pytree
 
 from jaxdescent._checks import check_int, check_nonnegative, check_positive, check_real
-from jaxdescent.optim._common import check_grads, increment
+from jaxdescent.optim._common import check_grads, curvature_rule, increment
 from jaxdescent.optim.line_search import (
     armijo_step,
     check_line_search,
@@ -564,7 +564,7 @@ def newton(
         )
         return back(step), new_state
 
-    return optax.GradientTransformationExtraArgs(init, update)
+    return curvature_rule(init, update)
 
 
 def saddle_free_newton(
@@ -642,7 +642,7 @@ def saddle_free_newton(
         )
         return back(step), new_state
 
-    return optax.GradientTransformationExtraArgs(init, update)
+    return curvature_rule(init, update)
 
 
 def _steihaug_cg(hvp, g, *, max_steps, tol, damping):
@@ -803,4 +803,4 @@ def newton_cg(
         )
         return step, new_state
 
-    return optax.GradientTransformationExtraArgs(init, update)
+    return curvature_rule(init, update)
