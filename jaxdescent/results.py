@@ -1,8 +1,9 @@
 """What :func:`jaxdescent.fit` and :func:`jaxdescent.multistart` return.
 
 A run ends with a :class:`Status`: ``CONVERGED`` (the gradient-norm test ``tol`` held),
-``MAX_STEPS`` (the step budget was spent) or ``NONFINITE`` (a non-finite loss or gradient was
-met; the run returns the last parameters at which both were finite).
+``MAX_STEPS`` (the step budget was spent), ``NONFINITE`` (a non-finite loss or gradient was
+met; the run returns the last parameters at which both were finite) or ``STALLED`` (the rule
+could no longer change the parameters).
 """
 
 from __future__ import annotations
@@ -24,12 +25,18 @@ class Status(enum.IntEnum):
     a batch gradient below ``tol`` is confirmed on the whole data before the run stops).
     ``MAX_STEPS``: the step budget was spent without that. ``NONFINITE``: a non-finite loss or
     gradient was met; the run returned the last params at which both were finite.
+    ``STALLED`` (full-batch runs of rules that can tell, e.g. ``levenberg_marquardt`` and the
+    trust-region ``newton``): the rule's state showed that no later update could change the
+    params (its trust region shrank below their rounding with no step taken), so the run
+    stopped there. That is often a minimum that ``tol`` asks more of than the precision
+    allows; nothing is claimed: check ``final_grad_norm``.
     """
 
     RUNNING = 0
     CONVERGED = 1
     MAX_STEPS = 2
     NONFINITE = 3
+    STALLED = 4
 
     def __str__(self) -> str:
         return self.name
@@ -51,6 +58,10 @@ _MESSAGES = {
     Status.MAX_STEPS: "the step budget was spent before the gradient norm fell below tol",
     Status.NONFINITE: (
         "a non-finite loss or gradient was met; params are the last ones at which both were finite"
+    ),
+    Status.STALLED: (
+        "the rule could make no further progress: no step it can take changes the params at "
+        "their precision"
     ),
 }
 
@@ -74,7 +85,8 @@ class FitResult(NamedTuple):
       grad_norms: the global gradient norm at those steps, likewise (the batch's gradient for
         mini-batch runs).
       steps_taken: number of updates applied to reach ``params``.
-      status: a :class:`Status` code (``CONVERGED``, ``MAX_STEPS`` or ``NONFINITE``).
+      status: a :class:`Status` code (``CONVERGED``, ``MAX_STEPS``, ``NONFINITE`` or
+        ``STALLED``).
       final_loss: the loss at ``params`` on the whole data set.
       final_grad_norm: the gradient norm at ``params`` on the whole data set.
       aux: with ``has_aux=True``, the loss's auxiliary output at ``params`` (whole data).

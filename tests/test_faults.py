@@ -234,7 +234,10 @@ def test_newton_stays_finite_on_singular_and_indefinite_hessians(rule):
         x0 = jnp.asarray(x0)
         res = jd.fit(polynomial, x0, opt, data=data, steps=30)
         where = f"{rule} on {name}"
-        assert int(res.status) == Status.MAX_STEPS, where
+        # no tol: the budget ends the run, or (trust-region newton) a radius that fell below
+        # the params' rounding with no step taken, which ends it STALLED
+        ends = (Status.MAX_STEPS, Status.STALLED) if rule == "newton" else (Status.MAX_STEPS,)
+        assert int(res.status) in ends, where
         assert all_finite(res.params) and all_finite(res.losses), where
         assert all_finite(res.grad_norms) and bool(jnp.isfinite(res.final_loss)), where
         if rule != "textbook-newton":  # the safeguarded rules never go uphill

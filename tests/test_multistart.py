@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 import textwrap
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -17,6 +18,7 @@ from conftest import Counter
 
 import jaxdescent as jd
 from jaxdescent import Status
+from jaxdescent.optim._common import curvature_rule
 
 X = jax.random.normal(jax.random.key(0), (24, 3))
 Y = X @ jnp.array([1.0, -2.0, 0.5]) + 0.3
@@ -109,6 +111,64 @@ def test_full_batch_restarts_that_end_differently_equal_their_fits():
         ran = one.losses.shape[0]
         np.testing.assert_allclose(res.losses[i, :ran], one.losses, rtol=1e-6)
         np.testing.assert_allclose(res.grad_norms[i, :ran], one.grad_norms, rtol=1e-6)
+        assert np.all(np.isnan(np.asarray(res.losses[i, ran:])))
+        np.testing.assert_allclose(res.final_losses[i], one.final_loss, rtol=1e-6)
+        np.testing.assert_allclose(res.final_grad_norms[i], one.final_grad_norm, rtol=1e-6)
+
+
+class _CountedState(NamedTuple):
+    count: jax.Array
+    hyperparams: dict
+
+
+def _sgd_that_stalls(learning_rate, moves):
+    """SGD that moves ``moves`` times and then never again, and says so: a stand-in for a
+    trust-region rule whose radius fell below the params' rounding."""
+
+    def init(params):
+        del params
+        values = {"learning_rate": learning_rate, "moves": moves}
+        return _CountedState(jnp.zeros([], jnp.int32), {k: jnp.asarray(v, jnp.float32)
+                                                        for k, v in values.items()})  # fmt: skip
+
+    def update(grads, state, params=None, **extra):
+        del params, extra
+        go = state.count < state.hyperparams["moves"]
+        lr = jnp.where(go, state.hyperparams["learning_rate"], 0.0)
+        return jax.tree.map(lambda g: -lr * g, grads), state._replace(count=state.count + 1)
+
+    return curvature_rule(init, update, stalled=lambda s: s.count >= s.hyperparams["moves"])
+
+
+@pytest.mark.filterwarnings("ignore:.*ended NONFINITE:RuntimeWarning")
+def test_full_batch_restarts_that_stall_equal_their_fits():
+    # restarts that stall (the rule's state says it can no longer move) at different steps,
+    # beside ones that converge, turn non-finite or spend their budget: each is its own fit
+    lrs = jnp.array([0.1, 0.1, 0.5, 1e3, 0.001, 0.1])
+    moves = jnp.array([3.0, 11.0, 100.0, 100.0, 100.0, 0.0])
+    kwargs = {"steps": 40, "tol": 1e-4}
+
+    def bowl(x):
+        return 0.5 * jnp.sum(x**2)
+
+    def start(key):
+        return jax.random.normal(key, (3,))
+
+    res = jd.multistart(start, bowl, _sgd_that_stalls(0.1, 5.0), key=jax.random.key(6),
+                        restarts=6, hyperparams={"learning_rate": lrs, "moves": moves},
+                        **kwargs)  # fmt: skip
+    status = np.asarray(res.status).tolist()
+    assert status[:2] == [Status.STALLED] * 2 and status[-1] == Status.STALLED
+    assert {Status.CONVERGED, Status.NONFINITE, Status.MAX_STEPS} <= set(status)
+    np.testing.assert_array_equal(np.asarray(res.steps_taken)[[0, 1, 5]], [3, 11, 0])
+    for i in range(6):
+        rule = _sgd_that_stalls(float(lrs[i]), float(moves[i]))
+        one = jd.fit(bowl, start(res.init_keys[i]), rule, **kwargs)
+        assert int(res.status[i]) == int(one.status)
+        assert int(res.steps_taken[i]) == int(one.steps_taken)
+        np.testing.assert_allclose(res.params[i], one.params, rtol=1e-6)
+        ran = one.losses.shape[0]
+        np.testing.assert_allclose(res.losses[i, :ran], one.losses, rtol=1e-6)
         assert np.all(np.isnan(np.asarray(res.losses[i, ran:])))
         np.testing.assert_allclose(res.final_losses[i], one.final_loss, rtol=1e-6)
         np.testing.assert_allclose(res.final_grad_norms[i], one.final_grad_norm, rtol=1e-6)

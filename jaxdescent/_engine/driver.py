@@ -23,6 +23,7 @@ from jaxdescent._engine.loop import (
     compiled_evaluate,
     history_dtype,
     recorded_rows,
+    step_work,
 )
 from jaxdescent.results import Status
 
@@ -92,7 +93,8 @@ def drive(
     Returns ``(carry, (losses, norms), final_loss, final_grad_norm, trace)``; the histories
     hold the recorded steps up to the last one run.
     """
-    run_chunk = compiled(loss, optimizer, batch_size, chunk, batched, record_every)
+    work = step_work(carry.params, data, batch_size)
+    run_chunk = compiled(loss, optimizer, batch_size, chunk, batched, record_every, work)
     # a Python float is a weakly typed scalar argument: no eager conversion to compile
     tol_value = -math.inf if tol is None else float(tol)
     # host (NumPy) data goes to the device once, not once per chunk

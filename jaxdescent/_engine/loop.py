@@ -170,8 +170,12 @@ def _propose(c, data, new_epoch, final, *, step, batch_size, n, per_epoch):
     return new_params, new_state, value, norm, perm
 
 
-def _outcome(c, value, norm, confirm, tol, limit, final):
+def _outcome(c, value, norm, confirm, tol, limit, final, stalled=False):
     """What a step means for one run: ``(finite, accept, iteration, status)``.
+
+    ``stalled`` (full batch, rules that report it: :func:`stall_test`) says that the rule's
+    state can no longer change the params: the run ends ``STALLED`` at the params it measured
+    (unless they are not finite, or converged there).
 
     ``final`` marks the loop's final evaluation (full batch: one more iteration at the end
     that measures the last params and updates nothing): it ends the run ``MAX_STEPS`` unless
@@ -180,16 +184,14 @@ def _outcome(c, value, norm, confirm, tol, limit, final):
     """
     finite = jnp.isfinite(value) & jnp.isfinite(norm)
     converged = finite & (norm < tol) & (confirm < tol)
-    accept = finite & ~converged & ~final
+    halted = finite & ~converged & stalled
+    accept = finite & ~converged & ~halted & ~final
     iteration = c.iteration + jnp.where(final, 0, 1).astype(jnp.int32)
     budget = final if limit is None else final | (iteration >= limit)
-    status = jnp.where(
-        ~finite,
-        Status.NONFINITE,
-        jnp.where(
-            converged, Status.CONVERGED, jnp.where(budget, Status.MAX_STEPS, Status.RUNNING)
-        ),
-    ).astype(jnp.int32)
+    status = jnp.where(budget, Status.MAX_STEPS, Status.RUNNING)
+    status = jnp.where(halted, Status.STALLED, status)
+    status = jnp.where(converged, Status.CONVERGED, status)
+    status = jnp.where(finite, status, Status.NONFINITE).astype(jnp.int32)
     return finite, accept, iteration, status
 
 
@@ -200,7 +202,7 @@ def _counted(updates, accept, finite):
     return jnp.maximum(counted, 0)
 
 
-def _commit(c, proposal, confirm, tol, limit, final):
+def _commit(c, proposal, confirm, tol, limit, final, stalled=False):
     """The next carry of one run: accept the proposal, stop converged, or roll back.
 
     ``confirm`` is the full-data gradient norm at the incoming params when this step's
@@ -211,7 +213,9 @@ def _commit(c, proposal, confirm, tol, limit, final):
     ``vmap`` over runs the conds become exactly those per-run selects.
     """
     new_params, new_state, value, norm, perm = proposal
-    finite, accept, iteration, status = _outcome(c, value, norm, confirm, tol, limit, final)
+    finite, accept, iteration, status = _outcome(
+        c, value, norm, confirm, tol, limit, final, stalled
+    )
     trees = jax.lax.cond(
         accept,
         lambda: (new_params, new_state, c.params, c.opt_state),
@@ -323,7 +327,7 @@ def _chunk(
         # (with runs first and a few parameters per run, they ran several times slower).
         carry = jax.tree.map(_runs_last, carry)
         vpropose = jax.vmap(propose, in_axes=(-1, None, None, None), out_axes=-1)
-        vcommit = jax.vmap(_commit, in_axes=(-1, -1, -1, None, None, None), out_axes=-1)
+        vcommit = jax.vmap(_commit, in_axes=(-1, -1, -1, None, None, None, -1), out_axes=-1)
 
     # Every run still going has made exactly ``first + i`` steps at loop step ``i`` (runs
     # advance together and ended ones are frozen), so this scalar says when epochs start.
@@ -358,6 +362,14 @@ def _chunk(
             lambda: jnp.full_like(norm, jnp.inf),
         )
 
+    # full batch, a rule may report that its state can no longer change the params
+    test = stall_test(optimizer) if batch_size is None else None
+
+    def stalled(opt_state):  # per run (run axis last when batched)
+        if test is None:
+            return jnp.zeros(lead, bool)
+        return jax.vmap(test, in_axes=-1)(opt_state) if batched else test(opt_state)
+
     def starts_epoch(i):
         return False if per_epoch is None else (first + i) % per_epoch == 0
 
@@ -391,9 +403,10 @@ def _chunk(
             _, _, value, norm, _ = proposal
             value, norm = value.astype(dtype), norm.astype(dtype)
             full = confirm(norm, c.params, active)
+            stuck = stalled(c.opt_state)
 
             def some_stop():
-                new_c = vcommit(c, proposal, full, tol, limit, final(i))
+                new_c = vcommit(c, proposal, full, tol, limit, final(i), stuck)
                 # runs that have ended keep their carry (the key never changes in a step)
                 new_c = _pick(active, new_c._replace(key=None), c._replace(key=None))
                 new_c = new_c._replace(key=c.key)
@@ -406,7 +419,11 @@ def _chunk(
             # Usually every run goes on: then the per-run selects (slow under vmap on CPU)
             # are skipped (no run ends, every row is written); the result is the same.
             all_go = ~final(i) & jnp.all(
-                active & jnp.isfinite(value) & jnp.isfinite(norm) & ~((norm < tol) & (full < tol))
+                active
+                & jnp.isfinite(value)
+                & jnp.isfinite(norm)
+                & ~((norm < tol) & (full < tol))
+                & ~stuck
             )
             new_c, ends, (value, norm) = jax.lax.cond(
                 all_go,
@@ -417,7 +434,7 @@ def _chunk(
             proposal = propose(c, data, starts_epoch(i), final(i))
             _, _, value, norm, _ = proposal
             full = confirm(norm, c.params, True)
-            new_c = _commit(c, proposal, full, tol, limit, final(i))
+            new_c = _commit(c, proposal, full, tol, limit, final(i), stalled(c.opt_state))
             # one run: the last measurement, judged after the loop
             ends = (value.astype(dtype), norm.astype(dtype))
         return new_c, record((losses, norms), i, value, norm), i + 1, ends
@@ -449,6 +466,7 @@ def _chunk(
             norm = global_norm(grads)
             value, norm = value.astype(dtype), norm.astype(dtype)
             ok = jnp.isfinite(value) & jnp.isfinite(norm) & ~(norm < tol) & ~final(i)
+            ok = ok & ~stalled(c.opt_state)
 
             def advance():
                 new_params, new_state = update(c.params, c.opt_state, data, value, grads)
@@ -474,7 +492,8 @@ def _chunk(
 
         def settle():  # the step that was not a plain accept: stop, converge or roll back
             proposal = (c.params, c.opt_state, value, norm, c.perm)
-            return _commit(c, proposal, norm, tol, None, final(i)), i + 1, (value, norm)
+            stuck = stalled(c.opt_state)
+            return _commit(c, proposal, norm, tol, None, final(i), stuck), i + 1, (value, norm)
 
         c, i, ends = jax.lax.cond(ok, lambda: (c, i, ends), settle)
         return c, history, i, ends
@@ -504,6 +523,7 @@ def _chunk(
             proposal = vpropose(c, data, False, False)
             value, norm = (x.astype(dtype) for x in proposal[2:4])
             fine = jnp.isfinite(value) & jnp.isfinite(norm) & ~(norm < tol)
+            fine = fine & ~stalled(c.opt_state)
             ok = jnp.all(fine | ~running)
             # an ended run's row stays nan
             shown = (jnp.where(running, value, jnp.nan), jnp.where(running, norm, jnp.nan))
@@ -615,28 +635,77 @@ def _finish(carry, data, tol, *, loss):
 # about two thirds of the time and run it at about the same speed (NIST suite, both starts of
 # 18 problems: LM 15.0 -> 9.9 s cold, 1.60 -> 1.71 s warm; trust-region newton 23.1 -> 14.2 s
 # cold, 1.79 -> 1.68 s warm). First-order loops keep the defaults: their many cheap steps run
-# 20-30% faster with the newer emitters. (LLVM's optimisation level 1 saves another 10% of
-# compile time but slows newton's loop by 40%.)
+# 20-30% faster with the newer emitters.
 LATENCY_OPTIONS = {"xla_cpu_use_fusion_emitters": False}
 
+# When such a loop's step is also small (at most SMALL_WORK = parameters x data numbers per
+# step, over all runs: every NIST problem, Himmelblau restarts), LLVM does not optimise the
+# generated code: on the NIST suite LM's cold total falls by another quarter (3.70 -> 2.68 s
+# on its first eight problems, both starts) and the warm total stays the same (40 ms), while
+# on a large step (newton, logistic regression n = 20000, d = 100) the warm run doubles
+# (210 -> 453 ms), which is why the size decides.
+SMALL_WORK = 1 << 17
+SMALL_OPTIONS = {**LATENCY_OPTIONS, "xla_backend_optimization_level": 0}
 
-def _compiler_options(optimizer) -> dict | None:
+
+def step_work(params, data, batch_size: int | None) -> int:
+    """Parameters (over all runs) times the data numbers one step reads: a rough size of a
+    step's work (a Jacobian's size for least squares), to choose compile options."""
+    n_params = sum(int(np.size(x)) for x in jax.tree.leaves(params))
+    n_data = sum(int(np.size(x)) for x in jax.tree.leaves(data))
+    if batch_size is not None and data is not None:
+        n_data = -(-n_data * batch_size // max(data_lib.num_examples(data), 1))
+    return n_params * max(n_data, 1)
+
+
+def stall_test(optimizer) -> Callable | None:
+    """The rule's test ``stalled(opt_state) -> bool`` (``None`` when it reports none).
+
+    A rule sets it (:func:`jaxdescent.optim._common.curvature_rule`) when its state can show
+    that no later update will change the params, e.g. a trust radius that fell below the
+    params' rounding with no step taken. Full-batch runs then end ``STALLED`` at once instead
+    of spending the rest of their budget standing still.
+    """
+    return getattr(optimizer.update, "stalled", None)
+
+
+def _compiler_options(optimizer, small: bool) -> dict | None:
     if getattr(optimizer.update, "compile_for_latency", False) and jax.default_backend() == "cpu":
-        return LATENCY_OPTIONS
+        return SMALL_OPTIONS if small else LATENCY_OPTIONS
     return None
 
 
-def compiled(loss, optimizer, batch_size, chunk_len, batched: bool, record_every: int = 1):
+def compiled(
+    loss,
+    optimizer,
+    batch_size,
+    chunk_len,
+    batched: bool,
+    record_every: int = 1,
+    work: int | None = None,
+):
     """The jitted chunk function for one configuration (cached: no retrace).
 
     Keyed by the loss (held weakly), the optimizer's ``update`` by fingerprint (code and
     closed-over values, :func:`jaxdescent._engine.cache.fingerprint`) and the static settings.
+    ``work`` (:func:`step_work`) picks the compile options of second-order rules' loops.
     """
-    key = ("loop", fingerprint(optimizer.update), batch_size, chunk_len, batched, record_every)
+    small = work is not None and work <= SMALL_WORK
+    key = (
+        "loop",
+        fingerprint(optimizer.update),
+        batch_size,
+        chunk_len,
+        batched,
+        record_every,
+        small,
+    )
     return cached(
         loss,
         key,
-        lambda: _build(owner_ref(loss), optimizer, batch_size, chunk_len, batched, record_every),
+        lambda: _build(
+            owner_ref(loss), optimizer, batch_size, chunk_len, batched, record_every, small
+        ),
     )
 
 
@@ -654,7 +723,7 @@ def compiled_evaluate(loss, batched: bool):
     return cached(loss, ("evaluate", batched), build)
 
 
-def _build(loss_ref, optimizer, batch_size, chunk_len, batched, record_every):
+def _build(loss_ref, optimizer, batch_size, chunk_len, batched, record_every, small):
     def chunk(carry, data, tol, total_steps, chunk_steps):
         return _chunk(
             carry,
@@ -670,4 +739,4 @@ def _build(loss_ref, optimizer, batch_size, chunk_len, batched, record_every):
             record_every=record_every,
         )
 
-    return jax.jit(chunk, compiler_options=_compiler_options(optimizer))
+    return jax.jit(chunk, compiler_options=_compiler_options(optimizer, small))

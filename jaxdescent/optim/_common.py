@@ -233,13 +233,40 @@ def zero_count() -> jax.Array:
     return jax.device_put(np.zeros((), np.int32))
 
 
-def curvature_rule(init: Callable, update: Callable) -> optax.GradientTransformationExtraArgs:
+def curvature_rule(
+    init: Callable, update: Callable, stalled: Callable | None = None
+) -> optax.GradientTransformationExtraArgs:
     """A second-order rule's transformation, its ``update`` marked as one whose step is
     dominated by curvature work (Hessians, Jacobians, factorizations, trial solves).
 
     :func:`jaxdescent.fit` compiles the loop of such a rule for latency on CPU
     (:data:`jaxdescent._engine.loop.LATENCY_OPTIONS`): these runs take few, expensive steps,
-    so compiling is most of a cold call.
+    so compiling is most of a cold call. ``stalled(state) -> bool``, where given, is true
+    only when no later update from ``state`` can change the params (the loop then ends a
+    full-batch run ``STALLED``: :func:`jaxdescent._engine.loop.stall_test`).
     """
     update.compile_for_latency = True
+    if stalled is not None:
+        update.stalled = stalled
     return optax.GradientTransformationExtraArgs(init, update)
+
+
+def no_trial_made(state) -> jax.Array:
+    """The stall test of trust-region rules whose state has ``count`` and ``trials``.
+
+    An update makes no trial step only when its radius is at or below ``eps * ||D x||``
+    (below the params' rounding). It then leaves the params, the radius and the scaled size
+    of the params as they were (the scaling only grows), so every later update makes no
+    trial either: the run can no longer move.
+    """
+    return (state.count > 0) & (state.trials == 0)
+
+
+def no_step_taken(state) -> jax.Array:
+    """The stall test of line-search rules whose state has ``count`` and ``step_size``.
+
+    Their update is a function of the params (with the loss and gradient there) and the
+    hyperparameters alone; a step size of 0 means the search found no step that lowers the
+    loss and the params did not move, so every later update computes the same zero step.
+    """
+    return (state.count > 0) & (state.step_size == 0)

@@ -36,7 +36,7 @@ import optax
 from jax.flatten_util import ravel_pytree
 
 from jaxdescent._checks import check_choice, check_int, check_nonnegative, check_positive
-from jaxdescent.optim._common import curvature_rule, increment
+from jaxdescent.optim._common import curvature_rule, increment, no_step_taken, no_trial_made
 from jaxdescent.optim.line_search import armijo_step, check_line_search, missing_value_fn
 
 __all__ = [
@@ -374,7 +374,7 @@ def gauss_newton(
         )
         return c.unravel(step), new_state
 
-    return curvature_rule(init, update)
+    return curvature_rule(init, update, stalled=no_step_taken if line_search else None)
 
 
 def levenberg_marquardt(
@@ -598,7 +598,7 @@ def levenberg_marquardt(
         )
         return c.unravel(step), new_state
 
-    return curvature_rule(init, update)
+    return curvature_rule(init, update, stalled=no_trial_made)
 
 
 def _acceleration(c: _Curvature, out_fn, likelihood, targets, d, mu, scale):

@@ -35,7 +35,13 @@ import optax
 from jax.flatten_util import ravel_pytree
 
 from jaxdescent._checks import check_int, check_nonnegative, check_positive, check_real
-from jaxdescent.optim._common import check_grads, curvature_rule, increment
+from jaxdescent.optim._common import (
+    check_grads,
+    curvature_rule,
+    increment,
+    no_step_taken,
+    no_trial_made,
+)
 from jaxdescent.optim.line_search import (
     armijo_step,
     check_line_search,
@@ -564,7 +570,10 @@ def newton(
         )
         return back(step), new_state
 
-    return curvature_rule(init, update)
+    # the trust region stalls when no trial is made, the line search when it finds no step;
+    # the textbook step always moves
+    stalled = no_trial_made if line_search is None else no_step_taken if line_search else None
+    return curvature_rule(init, update, stalled=stalled)
 
 
 def saddle_free_newton(
@@ -642,7 +651,7 @@ def saddle_free_newton(
         )
         return back(step), new_state
 
-    return curvature_rule(init, update)
+    return curvature_rule(init, update, stalled=no_step_taken if search else None)
 
 
 def _steihaug_cg(hvp, g, *, max_steps, tol, damping):
@@ -803,4 +812,4 @@ def newton_cg(
         )
         return step, new_state
 
-    return curvature_rule(init, update)
+    return curvature_rule(init, update, stalled=no_step_taken if search else None)
