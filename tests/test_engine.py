@@ -291,6 +291,22 @@ def test_a_first_fit_compiles_only_its_loop():
     assert int(res.steps_taken) == 4
 
 
+def test_second_order_loops_compile_for_latency_and_small_runs_unoptimised():
+    from jaxdescent._engine import loop
+
+    small = {"b": jnp.zeros(9)}, (np.zeros((250, 1)), np.zeros(250))  # a NIST problem
+    assert loop.small_run(*small, None, steps=2000)
+    assert not loop.small_run(*small, None, steps=loop.SMALL_STEPS + 1)  # a long run
+    big = {"w": jnp.zeros(100)}, (np.zeros((20000, 100)), np.zeros(20000))
+    assert not loop.small_run(*big, None, steps=100)
+    assert loop.small_run(*big, batch_size=1, steps=100)  # one example per step
+    if jax.default_backend() == "cpu":
+        lm, adam = jd.optim.levenberg_marquardt(), jd.optim.adam(1e-3)
+        assert loop._compiler_options(lm, True)["xla_backend_optimization_level"] == 0
+        assert loop._compiler_options(lm, False) == loop.LATENCY_OPTIONS
+        assert loop._compiler_options(adam, True) is None  # first-order loops: the defaults
+
+
 def test_a_newton_damping_sweep_is_one_program():
     f = jd.problems.himmelblau
     dampings = jnp.array([1e-3, 1e-1, 1.0, 10.0])

@@ -23,7 +23,7 @@ from jaxdescent._engine.loop import (
     compiled_evaluate,
     history_dtype,
     recorded_rows,
-    step_work,
+    small_run,
 )
 from jaxdescent.results import Status
 
@@ -93,8 +93,8 @@ def drive(
     Returns ``(carry, (losses, norms), final_loss, final_grad_norm, trace)``; the histories
     hold the recorded steps up to the last one run.
     """
-    work = step_work(carry.params, data, batch_size)
-    run_chunk = compiled(loss, optimizer, batch_size, chunk, batched, record_every, work)
+    small = small_run(carry.params, data, batch_size, steps)
+    run_chunk = compiled(loss, optimizer, batch_size, chunk, batched, record_every, small)
     # a Python float is a weakly typed scalar argument: no eager conversion to compile
     tol_value = -math.inf if tol is None else float(tol)
     # host (NumPy) data goes to the device once, not once per chunk

@@ -638,24 +638,27 @@ def _finish(carry, data, tol, *, loss):
 # 20-30% faster with the newer emitters.
 LATENCY_OPTIONS = {"xla_cpu_use_fusion_emitters": False}
 
-# When such a loop's step is also small (at most SMALL_WORK = parameters x data numbers per
-# step, over all runs: every NIST problem, Himmelblau restarts), LLVM does not optimise the
-# generated code: on the NIST suite LM's cold total falls by another quarter (3.70 -> 2.68 s
-# on its first eight problems, both starts) and the warm total stays the same (40 ms), while
-# on a large step (newton, logistic regression n = 20000, d = 100) the warm run doubles
-# (210 -> 453 ms), which is why the size decides.
+# When such a run is also small, LLVM does not optimise the generated code: on the NIST suite
+# LM's cold total falls by another quarter (3.70 -> 2.68 s on its first eight problems, both
+# starts) and its warm total stays the same (40 ms). Unoptimised code runs a step slower,
+# about 40 us more on a NIST problem (saddle_free_newton's 2,000-step runs: warm 1.3 -> 3.2 s
+# over the suite, still less than the compile time saved) and twice as slow on a large step
+# (newton, logistic regression n = 20000, d = 100: 210 -> 453 ms warm). So a run is small
+# when parameters x data numbers per step (over all runs) are at most SMALL_WORK and its step
+# budget at most SMALL_STEPS: what it can lose is bounded by what it saves.
 SMALL_WORK = 1 << 17
+SMALL_STEPS = 5000
 SMALL_OPTIONS = {**LATENCY_OPTIONS, "xla_backend_optimization_level": 0}
 
 
-def step_work(params, data, batch_size: int | None) -> int:
-    """Parameters (over all runs) times the data numbers one step reads: a rough size of a
-    step's work (a Jacobian's size for least squares), to choose compile options."""
+def small_run(params, data, batch_size: int | None, steps: int) -> bool:
+    """Whether a run is small (see ``SMALL_WORK``): parameters (over all runs) times the data
+    numbers one step reads (a Jacobian's size for least squares), and its step budget."""
     n_params = sum(int(np.size(x)) for x in jax.tree.leaves(params))
     n_data = sum(int(np.size(x)) for x in jax.tree.leaves(data))
     if batch_size is not None and data is not None:
         n_data = -(-n_data * batch_size // max(data_lib.num_examples(data), 1))
-    return n_params * max(n_data, 1)
+    return n_params * max(n_data, 1) <= SMALL_WORK and steps <= SMALL_STEPS
 
 
 def stall_test(optimizer) -> Callable | None:
@@ -682,15 +685,14 @@ def compiled(
     chunk_len,
     batched: bool,
     record_every: int = 1,
-    work: int | None = None,
+    small: bool = False,
 ):
     """The jitted chunk function for one configuration (cached: no retrace).
 
     Keyed by the loss (held weakly), the optimizer's ``update`` by fingerprint (code and
     closed-over values, :func:`jaxdescent._engine.cache.fingerprint`) and the static settings.
-    ``work`` (:func:`step_work`) picks the compile options of second-order rules' loops.
+    ``small`` (:func:`small_run`) picks the compile options of second-order rules' loops.
     """
-    small = work is not None and work <= SMALL_WORK
     key = (
         "loop",
         fingerprint(optimizer.update),

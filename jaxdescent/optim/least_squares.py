@@ -407,7 +407,8 @@ def levenberg_marquardt(
     A step that raises the loss is never taken: after ``max_trials`` rejections (at a
     minimum, where no step lowers the loss in floating point) the update is zero, and once
     ``Delta`` is below the rounding of the params, ``eps ||D^{1/2} theta||``, no trial is
-    made at all (a run stalled at its precision costs one Jacobian per step). Large
+    made at all, and in :func:`jaxdescent.fit` a full-batch run then ends with status
+    ``STALLED``: from there no update can move the params. Large
     ``mu`` gives short gradient steps, small ``mu`` Gauss-Newton steps. The first ``mu`` is
     ``initial_damping * max(diag(G) / D)``.
 

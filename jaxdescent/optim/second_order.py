@@ -435,8 +435,9 @@ def newton(
       step that raises the loss is never taken.** (In floating point close to a minimum,
       where the loss change is below rounding, a step that leaves the loss unchanged and
       shrinks the gradient is taken.) Once ``Delta`` is below the rounding of the params,
-      ``eps ||D theta||``, no trial is made: a run stalled at its precision costs one
-      Hessian per update.
+      ``eps ||D theta||``, no trial is made: from there no update can move the params, and
+      :func:`jaxdescent.fit` ends a full-batch run ``STALLED``. (With a line search, a run
+      ends ``STALLED`` when the search found no step: the next update would repeat it.)
     - **Line search** (``line_search=True``): ``(H + mu I) d = -g`` by Cholesky with Levenberg
       damping ``mu`` raised from ``damping`` until ``H + mu I`` is positive definite, then
       Armijo backtracking on ``value_fn`` from the full step (Nocedal and Wright's
