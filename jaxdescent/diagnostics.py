@@ -20,8 +20,8 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.flatten_util import ravel_pytree
 
+from jaxdescent import _curvature as curvature
 from jaxdescent._checks import check_callable, check_choice, check_int, check_positive
 from jaxdescent._engine.cache import cached, owner_ref
 
@@ -38,18 +38,12 @@ def _as_float(leaf: Any) -> jax.Array:
     """A float leaf, at least float32: LAPACK (eigh, solves) has no half-precision kernels, so
     float16/bfloat16 params are analysed in float32."""
     leaf = jnp.asarray(leaf)
-    if not jnp.issubdtype(leaf.dtype, jnp.floating) or jnp.finfo(leaf.dtype).bits < 32:
-        return leaf.astype(jnp.float32)
-    return leaf
+    return leaf.astype(curvature.work_dtype(leaf.dtype))
 
 
 def _flat_loss(loss: Callable, params: Any, args: tuple) -> tuple[Callable, jax.Array]:
     """``(f, x)`` with ``x`` the flattened params and ``f(x) = loss(params, *args)``."""
-    x, unravel = ravel_pytree(params)
-
-    def f(v):
-        return loss(unravel(v), *args)
-
+    x, f, _ = curvature.flatten(lambda p: loss(p, *args), params)
     return f, x
 
 
@@ -83,8 +77,7 @@ def _compiled(impl: Callable, loss: Callable, *rest: Any):
 
 def _hessian_impl(loss, params, args):
     f, x = _flat_loss(loss, params, args)
-    h = jax.hessian(f)(x)
-    return 0.5 * (h + h.T)
+    return curvature.symmetric_hessian(f, x)
 
 
 def _eigenvalues_impl(loss, params, args):
@@ -98,7 +91,7 @@ def _critical_impl(loss, params, args):
 
 def _lanczos_impl(loss, params, args, k, key):
     f, x = _flat_loss(loss, params, args)
-    return _lanczos(_hvp_flat(f, x), x.size, k, key, x.dtype)
+    return _lanczos(curvature.hvp(f, x), x.size, k, key, x.dtype)
 
 
 def _jitted(impl: Callable, loss_ref: Callable) -> Callable:
@@ -124,11 +117,6 @@ def hessian(loss: Callable, params: Any, *args: Any) -> jax.Array:
     """
     params, _ = _prepare(loss, params)
     return _compiled(_hessian_impl, loss, params, args)
-
-
-def _hvp_flat(f: Callable, x: jax.Array) -> Callable[[jax.Array], jax.Array]:
-    _, hvp = jax.linearize(jax.grad(f), x)
-    return hvp
 
 
 def _lanczos(hvp: Callable, n: int, k: int, key: jax.Array, dtype) -> jax.Array:

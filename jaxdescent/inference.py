@@ -36,6 +36,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.flatten_util import ravel_pytree
 
+from jaxdescent import _curvature as curvature
 from jaxdescent import data as data_lib
 from jaxdescent._checks import check_choice, check_float_tree
 from jaxdescent._engine.cache import cached, owner_ref
@@ -102,11 +103,11 @@ def _information(loss_ref, method: str):
             grads = unravel(jax.grad(total)(flat))
             c = _curvature(params, grads, lambda p: loss.apply(p, x), loss.likelihood, y, True)
             return n * c.dense, None
-        info = jax.hessian(total)(flat)
+        info = curvature.symmetric_hessian(total, flat)
         scores = None
         if method == "sandwich":
             scores = jax.jacrev(lambda v: loss.per_example(unravel(v), (x, y)))(flat)
-        return 0.5 * (info + info.T), scores
+        return info, scores
 
     return run
 

@@ -34,6 +34,7 @@ import jax.numpy as jnp
 import optax
 from jax.flatten_util import ravel_pytree
 
+from jaxdescent import _curvature as curvature
 from jaxdescent._checks import check_int, check_nonnegative, check_positive, check_real
 from jaxdescent.optim._common import (
     check_grads,
@@ -106,32 +107,15 @@ def _check_params(rule: str, grads: Any, params: Any) -> None:
     check_grads(grads, params)  # and leaf shapes
 
 
-def _work_dtype(dtype):
-    """The dtype the dense linear algebra runs in: float32 for half precision (LAPACK has
-    no float16/bfloat16 routines), else the params' own."""
-    return jnp.float32 if jnp.finfo(dtype).bits < 32 else dtype
-
-
 def _flat_problem(grads, params, value_fn):
-    """Flatten params and gradient into the working dtype.
+    """Flatten params and gradient into the working dtype (:mod:`jaxdescent._curvature`).
 
     Returns ``(x, g, f, unravel, back)``: ``f(x)`` is the loss, ``unravel`` maps a flat
     vector to a params-shaped tree, and ``back`` maps a flat *update* to the params' tree
     and dtypes (half precision params are worked on in float32).
     """
-    flat, unravel = ravel_pytree(params)
-    work = _work_dtype(flat.dtype)
-    x = flat.astype(work)
-    g = ravel_pytree(grads)[0].astype(work)
-
-    def to_tree(v):
-        return unravel(v.astype(flat.dtype))
-
-    def f(v):
-        return (
-            jnp.asarray(value_fn(to_tree(v)), work) if work != flat.dtype else value_fn(unravel(v))
-        )
-
+    x, f, to_tree = curvature.flatten(value_fn, params)
+    g = ravel_pytree(grads)[0].astype(x.dtype)
     return x, g, f, to_tree, to_tree
 
 
@@ -150,11 +134,6 @@ def _loss_change(f, x, extra, unravel):
 
 def _finite(*arrays) -> jax.Array:
     return jnp.all(jnp.stack([jnp.all(jnp.isfinite(a)) for a in arrays]))
-
-
-def _symmetric_hessian(f, x) -> jax.Array:
-    h = jax.hessian(f)(x)
-    return 0.5 * (h + h.T)
 
 
 class _Search(NamedTuple):
@@ -516,7 +495,7 @@ def newton(
     }
 
     def init(params):
-        dtype = _work_dtype(tree_dtype(params))
+        dtype = curvature.work_dtype(tree_dtype(params))
         return NewtonState(
             count=jnp.zeros([], jnp.int32),
             damping=jnp.asarray(damping, dtype),
@@ -535,7 +514,7 @@ def newton(
         _check_params("newton", grads, params)
         x, g, f, unravel, back = _flat_problem(grads, params, value_fn)
         hp = {k: v.astype(x.dtype) for k, v in state.hyperparams.items()}
-        h = _symmetric_hessian(f, x)
+        h = curvature.symmetric_hessian(f, x)
         radius, rho = state.radius.astype(x.dtype), jnp.zeros([], x.dtype)
         trials, scale = jnp.zeros([], jnp.int32), state.scale
         if line_search is None:
@@ -624,7 +603,7 @@ def saddle_free_newton(
     values = {"damping": damping, "shrink": shrink, "c1": c1}
 
     def init(params):
-        dtype = _work_dtype(tree_dtype(params))
+        dtype = curvature.work_dtype(tree_dtype(params))
         return SaddleFreeNewtonState(
             count=jnp.zeros([], jnp.int32),
             step_size=jnp.zeros([], dtype),
@@ -638,7 +617,7 @@ def saddle_free_newton(
         _check_params("saddle_free_newton", grads, params)
         x, g, f, _, back = _flat_problem(grads, params, value_fn)
         hp = {k: v.astype(x.dtype) for k, v in state.hyperparams.items()}
-        h = _symmetric_hessian(f, x)
+        h = curvature.symmetric_hessian(f, x)
         eigenvalues, q = jnp.linalg.eigh(h)
         scale = jnp.maximum(jnp.abs(eigenvalues), hp["damping"])
         d = -(q @ ((q.T @ g) / scale))
@@ -794,7 +773,7 @@ def newton_cg(
         _check_params("newton_cg", grads, params)
         dtype = tree_dtype(params)
         grads = jax.tree.map(lambda g, p: g.astype(p.dtype), grads, params)
-        _, hvp = jax.linearize(jax.grad(value_fn), params)
+        hvp = curvature.hvp(value_fn, params)
         hp = {k: v.astype(dtype) for k, v in state.hyperparams.items()}
         gnorm = jnp.sqrt(tree_vdot(grads, grads)).astype(dtype)
         tol = jnp.minimum(hp["cg_tol"], jnp.sqrt(gnorm)) * gnorm
