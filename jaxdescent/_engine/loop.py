@@ -235,6 +235,26 @@ def _commit(c, proposal, confirm, tol, limit, final, stalled=False):
     )
 
 
+def _settle(c, value, norm, tol, final, stalled):
+    """:func:`_commit` for one full-batch run at a step it does not accept (non-finite,
+    converged, stalled, or the final evaluation): the run ends there, at its params, or at
+    the ones before its last update when the loss or gradient is not finite. (No update was
+    proposed, so only that one choice is compiled.)"""
+    finite, _, iteration, status = _outcome(c, value, norm, norm, tol, None, final, stalled)
+    params, opt_state = jax.lax.cond(
+        finite,
+        lambda: (c.params, c.opt_state),
+        lambda: (c.prev_params, c.prev_opt_state),
+    )
+    return c._replace(
+        params=params,
+        opt_state=opt_state,
+        iteration=iteration,
+        updates=_counted(c.updates, jnp.zeros((), bool), finite),
+        status=status,
+    )
+
+
 def _commit_all_accepted(c, proposal, limit):
     """:func:`_commit` when every run is running and accepts its step (no selects needed)."""
     new_params, new_state, _, _, perm = proposal
@@ -491,9 +511,11 @@ def _chunk(
         c, history, i, ok, (value, norm) = jax.lax.while_loop(go_on, plain_step, start)
 
         def settle():  # the step that was not a plain accept: stop, converge or roll back
-            proposal = (c.params, c.opt_state, value, norm, c.perm)
-            stuck = stalled(c.opt_state)
-            return _commit(c, proposal, norm, tol, None, final(i), stuck), i + 1, (value, norm)
+            return (
+                _settle(c, value, norm, tol, final(i), stalled(c.opt_state)),
+                i + 1,
+                (value, norm),
+            )
 
         c, i, ends = jax.lax.cond(ok, lambda: (c, i, ends), settle)
         return c, history, i, ends
@@ -553,7 +575,13 @@ def _chunk(
     nan = jnp.full(lead, jnp.nan, dtype)
     start = (carry, history, jnp.zeros([], jnp.int32), (nan, nan))
     before = carry
-    carry, history, _, (value, norm) = jax.lax.while_loop(cond, body, start)
+    if in_loop_end and not batched:
+        # one run, full batch: plain_steps runs until the run ends or the chunk does, so the
+        # outer loop would make exactly one iteration (the driver only runs a chunk for a run
+        # still going, with chunk_steps >= 1)
+        carry, history, _, (value, norm) = plain_steps(start)
+    else:
+        carry, history, _, (value, norm) = jax.lax.while_loop(cond, body, start)
     if in_loop_end and not batched:
         ended = ended_here(before, carry)
         value, norm = (jnp.where(ended, x, jnp.nan) for x in (value, norm))
