@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import gc
 import weakref
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -15,6 +16,7 @@ import pytest
 
 import jaxdescent as jd
 from jaxdescent import Status
+from jaxdescent.optim._common import curvature_rule
 
 X = jax.random.normal(jax.random.key(0), (200, 3))
 Y = X @ jnp.array([1.0, -2.0, 0.5]) + 0.1 * jax.random.normal(jax.random.key(1), (200,))
@@ -295,16 +297,43 @@ def test_second_order_loops_compile_for_latency_and_small_runs_unoptimised():
     from jaxdescent._engine import loop
 
     small = {"b": jnp.zeros(9)}, (np.zeros((250, 1)), np.zeros(250))  # a NIST problem
-    assert loop.small_run(*small, None, steps=2000)
-    assert not loop.small_run(*small, None, steps=loop.SMALL_STEPS + 1)  # a long run
+    assert loop.small_run(*small, None)
+    restarts = {"b": jnp.zeros((4096, 9))}, small[1]  # restarts decide as their fits do
+    assert loop.small_run(*restarts, None, batched=True)
     big = {"w": jnp.zeros(100)}, (np.zeros((20000, 100)), np.zeros(20000))
-    assert not loop.small_run(*big, None, steps=100)
-    assert loop.small_run(*big, batch_size=1, steps=100)  # one example per step
+    assert not loop.small_run(*big, None)
+    assert loop.small_run(*big, batch_size=1)  # one example per step
     if jax.default_backend() == "cpu":
         lm, adam = jd.optim.levenberg_marquardt(), jd.optim.adam(1e-3)
         assert loop._compiler_options(lm, True)["xla_backend_optimization_level"] == 0
         assert loop._compiler_options(lm, False) == loop.LATENCY_OPTIONS
         assert loop._compiler_options(adam, True) is None  # first-order loops: the defaults
+
+
+class _Count(NamedTuple):
+    count: jax.Array
+
+
+def _gd_rule(stalls: bool):
+    """Gradient descent as a curvature rule, with or without a stall test (count >= 3)."""
+
+    def init(params):
+        del params
+        return _Count(jnp.zeros([], jnp.int32))
+
+    def update(grads, state, params=None, **extra):
+        del params, extra
+        return jax.tree.map(lambda g: -0.1 * g, grads), _Count(state.count + 1)
+
+    return curvature_rule(init, update, stalled=(lambda s: s.count >= 3) if stalls else None)
+
+
+def test_rules_that_differ_only_in_their_stall_test_compile_their_own_loops():
+    f = jd.problems.quadratic
+    stalled = jd.fit(f, jnp.ones(2), _gd_rule(True), steps=20)
+    plain = jd.fit(f, jnp.ones(2), _gd_rule(False), steps=20)
+    assert int(stalled.status) == Status.STALLED and int(stalled.steps_taken) == 3
+    assert int(plain.status) == Status.MAX_STEPS and int(plain.steps_taken) == 20
 
 
 def test_a_newton_damping_sweep_is_one_program():

@@ -222,7 +222,7 @@ MISRA1A_Y += [66.40, 75.47, 81.78]
 MISRA1A_CERTIFIED = [2.3894212918e02, 5.5015643181e-04]
 
 
-def test_lm_stalled_at_its_precision_ends_the_run_stalled():
+def test_lm_stalled_at_its_precision_ends_the_run_stalled(tmp_path):
     """NIST's Misra1a (inline) from its near start: once the trust radius is below the
     rounding of the params, no update makes a trial or moves them, bit for bit; the run then
     ends STALLED there instead of spending its budget, alone or among restarts."""
@@ -242,6 +242,11 @@ def test_lm_stalled_at_its_precision_ends_the_run_stalled():
         np.testing.assert_array_equal(long.params, short.params)
         assert jd.nist.lre(long.params, jnp.array(MISRA1A_CERTIFIED)) >= 9
         assert np.all(np.diff(np.asarray(long.losses)) <= 0)
+        # resumed under a tol its gradient norm meets, the stalled run has converged
+        jd.fit(loss, start, lm, data=data, steps=300, tol=0.0, checkpoint_dir=tmp_path)
+        looser = jd.fit(loss, start, lm, data=data, steps=400, tol=1e-3, resume=tmp_path)
+        assert int(looser.status) == jd.Status.CONVERGED and looser.success
+        np.testing.assert_array_equal(looser.params, long.params)
         # the claim behind the status: from the returned state no update moves the params
         params, state = long.params, long.opt_state
         value_fn = lambda p: loss(p, data)  # noqa: E731

@@ -93,7 +93,7 @@ def drive(
     Returns ``(carry, (losses, norms), final_loss, final_grad_norm, trace)``; the histories
     hold the recorded steps up to the last one run.
     """
-    small = small_run(carry.params, data, batch_size, steps)
+    small = small_run(carry.params, data, batch_size, batched)
     run_chunk = compiled(loss, optimizer, batch_size, chunk, batched, record_every, small)
     # a Python float is a weakly typed scalar argument: no eager conversion to compile
     tol_value = -math.inf if tol is None else float(tol)
@@ -183,8 +183,9 @@ def _final_values(carry, data, final, loss, batched, tol):
     They come from the chunk in which the run ended; they are evaluated here instead when no
     chunk ran (a resumed run that had already ended, or whose budget was spent) or for a run
     rolled back to its previous params (non-finite at the last ones), which the loop did not
-    measure last. A run evaluated here that spent its budget with a gradient norm below
-    ``tol`` is ``CONVERGED``, as at the end of a loop.
+    measure last. A run evaluated here that spent its budget (or stalled, resumed under a
+    looser ``tol``) with a gradient norm below ``tol`` is ``CONVERGED``, as at the end of a
+    loop.
     """
     if final is not None:
         missing = ~(np.isfinite(final[0]) & np.isfinite(final[1]))
@@ -198,7 +199,8 @@ def _final_values(carry, data, final, loss, batched, tol):
         )
     if tol is not None:
         status = np.asarray(carry.status)
-        met = (status == Status.MAX_STEPS) & (norm < tol)
+        ended = (status == Status.MAX_STEPS) | (status == Status.STALLED)
+        met = ended & (norm < tol)
         if met.any():
             status = np.where(met, Status.CONVERGED, status).astype(np.int32)
             carry = carry._replace(status=jax.device_put(status))

@@ -470,8 +470,8 @@ def _chunk(
         A step's loss and gradient are measured before its update, so whether the run goes
         on is known first: the update (and the roll-back copy of the params and state it
         replaces) runs under one ``lax.cond``, and the loop stops at the first step that is
-        not a plain accept (non-finite, converged, or the final evaluation). That step's
-        outcome is then settled once, by :func:`_commit`, outside the per-step path.
+        not a plain accept (non-finite, converged, stalled, or the final evaluation). That
+        step's outcome is then settled once, by :func:`_settle`, outside the per-step path.
         """
         c0, history, i0, ends = state
 
@@ -655,27 +655,32 @@ def _finish(carry, data, tol, *, loss):
 # 20-30% faster with the newer emitters.
 LATENCY_OPTIONS = {"xla_cpu_use_fusion_emitters": False}
 
-# When such a run is also small, LLVM does not optimise the generated code: on the NIST suite
-# LM's cold total falls by another quarter (3.70 -> 2.68 s on its first eight problems, both
-# starts) and its warm total stays the same (40 ms). Unoptimised code runs a step slower,
-# about 40 us more on a NIST problem (saddle_free_newton's 2,000-step runs: warm 1.3 -> 3.2 s
-# over the suite, still less than the compile time saved) and twice as slow on a large step
-# (newton, logistic regression n = 20000, d = 100: 210 -> 453 ms warm). So a run is small
-# when parameters x data numbers per step (over all runs) are at most SMALL_WORK and its step
-# budget at most SMALL_STEPS: what it can lose is bounded by what it saves.
+# When such a run's step is also small, LLVM does not optimise the generated code: on the
+# NIST suite LM's cold total falls by another quarter (3.70 -> 2.68 s on its first eight
+# problems, both starts) and its warm total stays the same (40 ms). Unoptimised code runs a
+# step slower, about 40 us more on a NIST problem (saddle_free_newton's 2,000-step runs: warm
+# 1.3 -> 3.6 s over the suite, less than the compile time saved; a run of many thousand such
+# steps loses more than it saves) and twice as slow on a large step (newton, logistic
+# regression n = 20000, d = 100: 210 -> 453 ms warm). So a step is small when one run's
+# parameters x the data numbers it reads are at most SMALL_WORK. The choice depends on shapes
+# only, never on the step budget: a run extended by resuming computes what one longer run
+# computes, bit for bit, and a restart what its own fit does.
 SMALL_WORK = 1 << 17
-SMALL_STEPS = 5000
 SMALL_OPTIONS = {**LATENCY_OPTIONS, "xla_backend_optimization_level": 0}
 
 
-def small_run(params, data, batch_size: int | None, steps: int) -> bool:
-    """Whether a run is small (see ``SMALL_WORK``): parameters (over all runs) times the data
-    numbers one step reads (a Jacobian's size for least squares), and its step budget."""
-    n_params = sum(int(np.size(x)) for x in jax.tree.leaves(params))
+def small_run(params, data, batch_size: int | None, batched: bool = False) -> bool:
+    """Whether one run's step is small (see ``SMALL_WORK``): its parameters times the data
+    numbers one step reads (a Jacobian's size for least squares). With ``batched`` the
+    params have a leading run axis, which does not count."""
+    leaves = jax.tree.leaves(params)
+    n_params = sum(int(np.size(x)) for x in leaves)
+    if batched and leaves:
+        n_params //= max(int(np.shape(leaves[0])[0]), 1)
     n_data = sum(int(np.size(x)) for x in jax.tree.leaves(data))
     if batch_size is not None and data is not None:
         n_data = -(-n_data * batch_size // max(data_lib.num_examples(data), 1))
-    return n_params * max(n_data, 1) <= SMALL_WORK and steps <= SMALL_STEPS
+    return n_params * max(n_data, 1) <= SMALL_WORK
 
 
 def stall_test(optimizer) -> Callable | None:
@@ -713,6 +718,9 @@ def compiled(
     key = (
         "loop",
         fingerprint(optimizer.update),
+        # marks a rule carries on its update (custom rules may share an update's code)
+        fingerprint(stall_test(optimizer)),
+        bool(getattr(optimizer.update, "compile_for_latency", False)),
         batch_size,
         chunk_len,
         batched,
