@@ -82,29 +82,19 @@ def test_restart_i_equals_fit_from_its_keys():
         assert int(res.steps_taken[i]) == int(one.steps_taken)
 
 
-@pytest.mark.filterwarnings("ignore:.*ended NONFINITE:RuntimeWarning")
-def test_full_batch_restarts_that_end_differently_equal_their_fits():
-    # full batch, restarts that converge at different steps, one that turns non-finite
-    # mid-run, and ones that spend their budget: the fast loop's undo and the frozen runs
-    # give each restart exactly its own fit
-    lrs = jnp.array([0.5, 0.1, 1e3, 0.001, 0.3, 0.02])
-    kwargs = {"steps": 40, "tol": 1e-4}
+def _bowl(x):
+    return 0.5 * jnp.sum(x**2)
 
-    def bowl(x):
-        return 0.5 * jnp.sum(x**2)
 
-    def start(key):
-        return jax.random.normal(key, (3,))
+def _normal_start(key):
+    return jax.random.normal(key, (3,))
 
-    res = jd.multistart(start, bowl, jd.optim.sgd(0.1), key=jax.random.key(6), restarts=6,
-                        hyperparams={"learning_rate": lrs}, **kwargs)  # fmt: skip
-    status = np.asarray(res.status)
-    assert {Status.CONVERGED, Status.NONFINITE, Status.MAX_STEPS} <= set(status.tolist())
-    taken = np.asarray(res.steps_taken)
-    assert len(set(taken[status == Status.CONVERGED].tolist())) > 1
-    assert 1 < taken[status == Status.NONFINITE][0] < 40
-    for i in range(6):
-        one = jd.fit(bowl, start(res.init_keys[i]), jd.optim.sgd(float(lrs[i])), **kwargs)
+
+def _assert_each_restart_is_its_fit(res, rule_of, kwargs):
+    """Every restart of ``res`` (on ``_bowl`` from ``_normal_start``) equals ``jd.fit`` with
+    ``rule_of(i)``: status, steps, params, histories and final values."""
+    for i in range(res.status.shape[0]):
+        one = jd.fit(_bowl, _normal_start(res.init_keys[i]), rule_of(i), **kwargs)
         assert int(res.status[i]) == int(one.status)
         assert int(res.steps_taken[i]) == int(one.steps_taken)
         np.testing.assert_allclose(res.params[i], one.params, rtol=1e-6)
@@ -114,6 +104,23 @@ def test_full_batch_restarts_that_end_differently_equal_their_fits():
         assert np.all(np.isnan(np.asarray(res.losses[i, ran:])))
         np.testing.assert_allclose(res.final_losses[i], one.final_loss, rtol=1e-6)
         np.testing.assert_allclose(res.final_grad_norms[i], one.final_grad_norm, rtol=1e-6)
+
+
+@pytest.mark.filterwarnings("ignore:.*ended NONFINITE:RuntimeWarning")
+def test_full_batch_restarts_that_end_differently_equal_their_fits():
+    # full batch, restarts that converge at different steps, one that turns non-finite
+    # mid-run, and ones that spend their budget: the fast loop's undo and the frozen runs
+    # give each restart exactly its own fit
+    lrs = jnp.array([0.5, 0.1, 1e3, 0.001, 0.3, 0.02])
+    kwargs = {"steps": 40, "tol": 1e-4}
+    res = jd.multistart(_normal_start, _bowl, jd.optim.sgd(0.1), key=jax.random.key(6),
+                        restarts=6, hyperparams={"learning_rate": lrs}, **kwargs)  # fmt: skip
+    status = np.asarray(res.status)
+    assert {Status.CONVERGED, Status.NONFINITE, Status.MAX_STEPS} <= set(status.tolist())
+    taken = np.asarray(res.steps_taken)
+    assert len(set(taken[status == Status.CONVERGED].tolist())) > 1
+    assert 1 < taken[status == Status.NONFINITE][0] < 40
+    _assert_each_restart_is_its_fit(res, lambda i: jd.optim.sgd(float(lrs[i])), kwargs)
 
 
 class _CountedState(NamedTuple):
@@ -147,31 +154,16 @@ def test_full_batch_restarts_that_stall_equal_their_fits():
     lrs = jnp.array([0.1, 0.1, 0.5, 1e3, 0.001, 0.1])
     moves = jnp.array([3.0, 11.0, 100.0, 100.0, 100.0, 0.0])
     kwargs = {"steps": 40, "tol": 1e-4}
-
-    def bowl(x):
-        return 0.5 * jnp.sum(x**2)
-
-    def start(key):
-        return jax.random.normal(key, (3,))
-
-    res = jd.multistart(start, bowl, _sgd_that_stalls(0.1, 5.0), key=jax.random.key(6),
+    res = jd.multistart(_normal_start, _bowl, _sgd_that_stalls(0.1, 5.0), key=jax.random.key(6),
                         restarts=6, hyperparams={"learning_rate": lrs, "moves": moves},
                         **kwargs)  # fmt: skip
     status = np.asarray(res.status).tolist()
     assert status[:2] == [Status.STALLED] * 2 and status[-1] == Status.STALLED
     assert {Status.CONVERGED, Status.NONFINITE, Status.MAX_STEPS} <= set(status)
     np.testing.assert_array_equal(np.asarray(res.steps_taken)[[0, 1, 5]], [3, 11, 0])
-    for i in range(6):
-        rule = _sgd_that_stalls(float(lrs[i]), float(moves[i]))
-        one = jd.fit(bowl, start(res.init_keys[i]), rule, **kwargs)
-        assert int(res.status[i]) == int(one.status)
-        assert int(res.steps_taken[i]) == int(one.steps_taken)
-        np.testing.assert_allclose(res.params[i], one.params, rtol=1e-6)
-        ran = one.losses.shape[0]
-        np.testing.assert_allclose(res.losses[i, :ran], one.losses, rtol=1e-6)
-        assert np.all(np.isnan(np.asarray(res.losses[i, ran:])))
-        np.testing.assert_allclose(res.final_losses[i], one.final_loss, rtol=1e-6)
-        np.testing.assert_allclose(res.final_grad_norms[i], one.final_grad_norm, rtol=1e-6)
+    _assert_each_restart_is_its_fit(
+        res, lambda i: _sgd_that_stalls(float(lrs[i]), float(moves[i])), kwargs
+    )
 
 
 def test_himmelblau_four_minima():

@@ -397,8 +397,8 @@ def _chunk(
         return ((i < chunk_steps) | final(i)) & jnp.any(c.status == Status.RUNNING)
 
     def body(state):
-        if in_loop_end:
-            return fast_steps(state) if batched else plain_steps(state)
+        if in_loop_end:  # batched (one full-batch run does not use this loop)
+            return fast_steps(state)
         for _ in range(unroll):
             state = sub_step(state)
         return state
@@ -573,17 +573,15 @@ def _chunk(
 
     nan = jnp.full(lead, jnp.nan, dtype)
     start = (carry, history, jnp.zeros([], jnp.int32), (nan, nan))
-    before = carry
     if in_loop_end and not batched:
-        # one run, full batch: plain_steps runs until the run ends or the chunk does, so the
+        # one run, full batch: plain_steps runs until the run ends or the chunk does, so an
         # outer loop would make exactly one iteration (the driver only runs a chunk for a run
         # still going, with chunk_steps >= 1)
         carry, history, _, (value, norm) = plain_steps(start)
+        ended = ended_here(start[0], carry)
+        value, norm = (jnp.where(ended, x, jnp.nan) for x in (value, norm))
     else:
         carry, history, _, (value, norm) = jax.lax.while_loop(cond, body, start)
-    if in_loop_end and not batched:
-        ended = ended_here(before, carry)
-        value, norm = (jnp.where(ended, x, jnp.nan) for x in (value, norm))
     ran = jnp.max(carry.iteration) - first
     if not in_loop_end:
         # mini-batch: once no run is still going, the final params are evaluated on the
