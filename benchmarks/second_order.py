@@ -261,7 +261,9 @@ def _compiled_memory(loss, opt, x0, data, steps: int) -> float | None:
     carry = _engine.init_carry(x0, opt.init(x0), jax.random.key(0), 0, None)
     try:
         stats = (
-            chunk.lower(carry, data, jnp.asarray(1e-6), steps, steps).compile().memory_analysis()
+            chunk.lower(carry, data, jnp.asarray(1e-6), steps, steps, steps)
+            .compile()
+            .memory_analysis()
         )
     except Exception:  # memory analysis is backend-dependent
         return None

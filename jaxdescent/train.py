@@ -34,6 +34,7 @@ from jaxdescent._engine.driver import (
 )
 from jaxdescent._engine.loop import init_carry
 from jaxdescent._engine.loop import make_step as _make_step
+from jaxdescent.optim._common import host_state
 from jaxdescent.results import FitResult, Status
 
 __all__ = ["FitResult", "Status", "fit", "make_step"]
@@ -165,7 +166,8 @@ def fit(
     key = as_key(key)
     if shard_data and data is not None:
         data = shard_examples(data, n)
-    opt_state = optimizer.init(params)
+    with host_state():  # NumPy leaves, passed to the compiled loop as they are
+        opt_state = optimizer.init(params)
     carry = init_carry(params, opt_state, key, n, batch_size)
     carry, (losses, norms), final, final_norm, traced = drive(
         carry,

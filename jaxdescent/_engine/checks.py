@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import jax
@@ -41,7 +42,7 @@ def check_optimizer(optimizer) -> None:
 def as_key(key: Any, name: str = "key") -> jax.Array:
     """A typed PRNG key from a typed key or a legacy ``uint32[2]`` key."""
     if key is None:
-        return jax.random.key(0)
+        return _default_key(jax.config.jax_default_prng_impl, jax.config.jax_default_device)
     if isinstance(key, int):
         raise TypeError(f"{name} must be a PRNG key such as jax.random.key(0); got the int {key}")
     dtype = getattr(key, "dtype", None)
@@ -54,6 +55,14 @@ def as_key(key: Any, name: str = "key") -> jax.Array:
     if dtype is not None and np.dtype(dtype) == np.uint32 and np.shape(key) == (2,):
         return jax.random.wrap_key_data(key)
     raise TypeError(f"{name} must be a PRNG key such as jax.random.key(0); got {key!r}")
+
+
+@functools.lru_cache(maxsize=8)
+def _default_key(impl, device) -> jax.Array:
+    """``jax.random.key(0)`` (made once per PRNG implementation and default device: a key
+    is immutable, and making one costs ~30 us)."""
+    del impl, device  # the cache key: the settings ``jax.random.key`` reads
+    return jax.random.key(0)
 
 
 def check_problem(loss, params, data, batch_size, steps, tol, name="params"):
@@ -87,7 +96,7 @@ def check_problem(loss, params, data, batch_size, steps, tol, name="params"):
             data if batch_size is None else jax.tree.map(lambda x: x[:batch_size], data),
         )
     try:
-        out = jax.eval_shape(loss, *probe)
+        out = _output_shape(loss, probe)
     except Exception as err:  # the user's loss failed to trace: say which call
         call = "loss(params)" if data is None else "loss(params, batch)"
         raise ValueError(f"calling {call} failed while checking the problem: {err}") from err
@@ -95,6 +104,18 @@ def check_problem(loss, params, data, batch_size, steps, tol, name="params"):
         got = f"shape {getattr(out, 'shape', None)} and dtype {getattr(out, 'dtype', type(out))}"
         raise ValueError(f"loss must return a floating-point scalar (shape ()); got {got}")
     return n
+
+
+def _output_shape(loss, probe):
+    """``jax.eval_shape(loss, *probe)``, traced once per shapes of the arguments (kept with
+    the loss's compiled programs: a repeated ``fit`` does not trace the loss again here)."""
+    leaves, tree = jax.tree.flatten(probe)
+    avals = tuple((np.shape(x), jnp.result_type(x), _weak(x)) for x in leaves)
+    return cached(loss, ("output-shape", tree, avals), lambda: jax.eval_shape(loss, *probe))
+
+
+def _weak(x) -> bool:
+    return bool(getattr(x, "weak_type", False)) or isinstance(x, (int, float, complex))
 
 
 def _num_classes(apply, params, x) -> int | None:

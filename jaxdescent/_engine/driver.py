@@ -122,15 +122,25 @@ def drive(
     try:
         while done_steps < steps and np.any(np.asarray(carry.status) == Status.RUNNING):
             this = min(chunk, steps - done_steps)
-            carry, (chunk_losses, chunk_norms), ran, *ends = run_chunk(
-                carry, data, tol_value, steps, this
-            )
-            final = _merge_ends(final, ends)
-            ran = int(ran)
-            rows = recorded_rows(done_steps, ran, record_every)
-            losses.append(_recorded(chunk_losses, rows))
-            norms.append(_recorded(chunk_norms, rows))
-            done_steps += ran
+            barrier, ran, again, first_part = this, 0, True, len(losses)
+            while again:  # a run that ended inside a block is taken again from its start
+                carry, (chunk_losses, chunk_norms), part, *ends, spare, redo = run_chunk(
+                    carry, data, tol_value, steps, this - ran, barrier
+                )
+                pick, again, barrier = (int(x) for x in np.asarray(redo))
+                carry = _arrange(carry, spare, pick)
+                final = _merge_ends(final, ends)
+                part = int(part)
+                rows = recorded_rows(done_steps, part, record_every)
+                losses.append(_recorded(chunk_losses, rows))
+                norms.append(_recorded(chunk_norms, rows))
+                done_steps += part
+                ran += part
+            if len(losses) - first_part > 1:  # the chunk's history, in one piece
+                for parts in (losses, norms):
+                    parts[first_part:] = [
+                        np.concatenate([np.asarray(p) for p in parts[first_part:]], -1)
+                    ]
             chunks_run += 1
             if path_taken is not None:
                 path_taken.append(carry.params)
@@ -167,14 +177,35 @@ def drive(
     return carry, (hist_losses, hist_norms), final, final_norm, traced
 
 
+def _arrange(carry, spare, pick):
+    """The run as a chunk of unguarded blocks leaves it (``block_steps`` in
+    :func:`jaxdescent._engine.loop._chunk`, which chooses no trees itself): ``pick`` 0 keeps
+    ``carry``, 1 moves its previous params and state to the front (and ``spare`` behind
+    them), 2 puts ``spare`` in both places."""
+    if pick == 1:
+        return carry._replace(
+            params=carry.prev_params,
+            opt_state=carry.prev_opt_state,
+            prev_params=spare[0],
+            prev_opt_state=spare[1],
+        )
+    if pick == 2:
+        return carry._replace(
+            params=spare[0], opt_state=spare[1], prev_params=spare[0], prev_opt_state=spare[1]
+        )
+    return carry
+
+
 def _merge_ends(final, ends):
     """The loss and gradient norm of each run where it ended (``nan`` for runs still going):
     a chunk reports the runs that ended in it, so under ``multistart`` a run that stopped
     in an earlier chunk keeps what that chunk reported."""
+    if final is None:  # the first chunk's: kept as the device arrays they are
+        return list(ends)
     ends = [np.asarray(x) for x in ends]
-    if final is None:
-        return ends
-    return [np.where(np.isnan(new), old, new) for old, new in zip(final, ends, strict=True)]
+    return [
+        np.where(np.isnan(new), np.asarray(old), new) for old, new in zip(final, ends, strict=True)
+    ]
 
 
 def _final_values(carry, data, final, loss, batched, tol):
@@ -188,13 +219,13 @@ def _final_values(carry, data, final, loss, batched, tol):
     loop.
     """
     if final is not None:
-        missing = ~(np.isfinite(final[0]) & np.isfinite(final[1]))
+        missing = ~(np.isfinite(np.asarray(final[0])) & np.isfinite(np.asarray(final[1])))
         if not missing.any():
-            return carry, *(jax.device_put(x) for x in final)
+            return carry, *(x if isinstance(x, jax.Array) else jax.device_put(x) for x in final)
     value, norm = (np.asarray(x) for x in compiled_evaluate(loss, batched)(carry, data))
     if final is not None:
         value, norm = (
-            np.where(missing, np.asarray(new, old.dtype), old)
+            np.where(missing, np.asarray(new, old.dtype), np.asarray(old))
             for new, old in zip((value, norm), final, strict=True)
         )
     if tol is not None:

@@ -9,12 +9,14 @@ one program: full batch, the last params are evaluated by one more loop iteratio
 update is skipped (a converged run measured its params when it stopped); mini-batch, the
 whole data is evaluated after the loop, under a ``lax.cond``.
 
-Full batch, the common step carries no bookkeeping beyond a roll-back copy: for one run, a
-step's loss and gradient decide (before its update) whether the loop goes on, and the one
-step that ends the run is settled after the loop (``plain_steps`` in :func:`_chunk`); under
-``vmap``, an inner loop treats every run as accepting its step (no per-run select), and the
-first step some run does not accept is undone and taken again with the per-run checks
-(``fast_steps``).
+Full batch, the common step carries no bookkeeping. One run takes its steps in unguarded
+blocks, each step the hand-written loop's (measure, update; no ``lax.cond``, no roll-back
+copy), from a snapshot taken once a block; a run that ends inside a block takes it again up
+to that step (``block_steps`` in :func:`_chunk`; results are bit for bit those of guarding
+every step). Rules that report a stall (second-order ones, whose steps are few and costly)
+decide each step before its update instead (``plain_steps``). Under ``vmap``, an inner loop
+treats every run as accepting its step (no per-run select), and the first step some run
+does not accept is undone and taken again with the per-run checks (``fast_steps``).
 """
 
 from __future__ import annotations
@@ -124,7 +126,11 @@ def _step_parts(loss: Callable, optimizer: optax.GradientTransformation):
 
 
 def global_norm(tree) -> jax.Array:
-    """Euclidean norm of all leaves together, ``sqrt(sum_i ||x_i||^2)``."""
+    """Euclidean norm of all leaves together, ``sqrt(sum_i ||x_i||^2)``.
+
+    A reduction per leaf (XLA:CPU compiles each as a kernel of its own). Joining the leaves
+    end to end first compiles fewer kernels but runs slower: on the MLP benchmark the
+    concatenation costs a quarter of a step, the per-leaf sums about 5%."""
     return jnp.sqrt(sum(jnp.sum(jnp.square(x)) for x in jax.tree.leaves(tree)))
 
 
@@ -133,8 +139,10 @@ def _call_with_batch(loss, batch, params):
 
 
 def init_carry(params, opt_state, key, n: int, batch_size: int | None) -> Carry:
-    # NumPy constants: eager ``jnp.zeros`` would compile a small program on first use
-    zero = jax.device_put(np.zeros((), np.int32))
+    # NumPy constants: eager ``jnp.zeros`` would compile a small program on first use, and
+    # the compiled loop takes NumPy arguments at almost no cost (a ``device_put`` each would
+    # cost ~30 us of host time)
+    zero = np.zeros((), np.int32)
     perm_size = 0 if batch_size is None else n
     return Carry(
         params=params,
@@ -145,7 +153,7 @@ def init_carry(params, opt_state, key, n: int, batch_size: int | None) -> Carry:
         updates=zero,
         status=zero,
         key=key,
-        perm=jax.device_put(np.zeros((perm_size,), np.int32)),
+        perm=np.zeros((perm_size,), np.int32),
     )
 
 
@@ -301,6 +309,7 @@ def _chunk(
     tol,
     total_steps,
     chunk_steps,
+    barrier_at,
     *,
     loss,
     optimizer,
@@ -366,6 +375,9 @@ def _chunk(
             return rows
         s = first + i
         return jnp.where((s % every == 0) & (i < chunk_steps), s // every - first_row, rows)
+
+    def row_of(i, in_chunk):
+        return i if (in_chunk and every == 1) else row(i)
 
     def confirm(norm, params, active):
         """The full-data gradient norm where a batch's norm fell below ``tol`` (else inf)."""
@@ -458,11 +470,18 @@ def _chunk(
             ends = (value.astype(dtype), norm.astype(dtype))
         return new_c, record((losses, norms), i, value, norm), i + 1, ends
 
-    def record(history, i, value, norm):
-        if not every:
+    def record(history, i, value, norm, in_chunk=False):
+        """Write step ``i``'s row. ``in_chunk``: ``i`` is a step of this chunk or its final
+        evaluation (one run, full batch), so with ``every == 1`` its row is ``i`` itself
+        (the final evaluation's, past the recorded rows, is cut off with them), and with no
+        history the one scratch row is written (:func:`block_steps` reads it back)."""
+        if not every and not in_chunk:
             return history
-        r = row(i)
-        return tuple(h.at[r].set(x.astype(dtype)) for h, x in zip(history, (value, norm)))
+        r = row_of(i, in_chunk)
+        return tuple(
+            jax.lax.dynamic_update_index_in_dim(h, x.astype(dtype), r, 0)
+            for h, x in zip(history, (value, norm))
+        )
 
     def plain_steps(state):
         """Full batch, one run: steps until one needs a decision, then that decision.
@@ -519,6 +538,118 @@ def _chunk(
         c, i, ends = jax.lax.cond(ok, lambda: (c, i, ends), settle)
         return c, history, i, ends
 
+    block_len = block_length(carry.params, data)
+
+    def block_steps(state):
+        """Full batch, one run of a rule without a stall test: blocks of unguarded steps.
+
+        Inside a block each step is the hand-written loop's (measure, then update, with no
+        ``lax.cond`` between them and no roll-back copy); the loop only notes whether the
+        step was a plain accept (finite, not converged, not the final evaluation) and stops
+        after the first that was not. A block starts from a copy of the params and state at
+        its first step ``b`` (``snap``), and the previous block's start (``old``, step
+        ``o``) is kept. The loop stops after a block that was not clean, or at the chunk's
+        end, whose last block is its single last step (so a run going on returns the params
+        before its last update as ``snap``).
+
+        Where the run ended at step ``u``: if ``u`` was the first step of a block that came
+        after a single-step block, it is settled at ``snap`` (converged or final) or at
+        ``old`` (not finite: the params before the last update). Otherwise the host takes
+        the run again from ``snap`` (or from ``old`` when ``u == b``) with a barrier at
+        ``u``: the blocks then end at ``u - 1`` and ``u``, and step ``u`` is settled. Steps
+        taken again are the same code on the same inputs, so results, statuses and
+        histories are those of guarding every step, bit for bit; a run that ends inside a
+        block costs at most two blocks more (:func:`block_length`).
+
+        No tree is chosen in the program: in prototypes on the MLP benchmark, a ``lax.cond``
+        choosing among these trees (inside the outer loop or after it) made XLA:CPU run
+        every step of the inner loop about a quarter slower, and a select per leaf compiles
+        a kernel per leaf (0.52 -> 0.81 s). The host picks instead
+        (:func:`jaxdescent._engine.driver._arrange`), from ``(carry, spare, redo)``: ``carry.params`` is the
+        last block's end, ``carry.prev_params`` its start and ``spare`` the block before.
+        """
+        c0, history, _, _ = state
+
+        def free(p, s, history, start, count):
+            def go_on(t):
+                return t[4] & (t[3] < start + count)
+
+            def free_step(t):
+                p, s, history, j, _ = t
+                value, grads = measure(p, data)
+                norm = global_norm(grads)
+                value, norm = value.astype(dtype), norm.astype(dtype)
+                ok = jnp.isfinite(value) & jnp.isfinite(norm) & ~(norm < tol) & ~final(j)
+                new_p, new_s = update(p, s, data, value, grads)
+                # the step's loss and norm are read back from its row: carrying them out of
+                # the loop as values made every step of the MLP benchmark ~7% slower
+                history = record(history, j, value, norm, in_chunk=True)
+                return new_p, new_s, history, j + 1, ok
+
+            start_state = (p, s, history, start, jnp.asarray(True))
+            return jax.lax.while_loop(go_on, free_step, start_state)
+
+        def go_on(st):
+            _, _, _, j, _, _, _, _, ok = st
+            return ok & ((j < chunk_steps) | final(j))
+
+        def block(st):
+            # ``cur`` (step j) is where the last block ended clean: the next one starts there
+            cur, snap, _, j, b, _, barrier, history, _ = st
+            snap, old, b, o = cur, snap, j, b
+            count = jnp.where(b < barrier - 1, jnp.minimum(block_len, barrier - 1 - b), 1)
+            p, s, history, j, ok = free(*snap, history, b, count)
+            return (p, s), snap, old, j, b, o, barrier, history, ok
+
+        zero = jnp.zeros((), jnp.int32)
+        previous = (c0.prev_params, c0.prev_opt_state)
+        start = (
+            (c0.params, c0.opt_state),  # as if a clean block had ended at step 0 ...
+            previous,  # ... having started at step -1
+            previous,
+            zero,
+            zero - 1,
+            zero - 2,
+            jnp.asarray(barrier_at, jnp.int32),
+            history,
+            jnp.asarray(True),
+        )
+        cur, snap, old, j, b, o, _, history, ok = jax.lax.while_loop(go_on, block, start)
+        u = j - 1  # when not clean: the step where the run ended
+        value, norm = (jax.lax.dynamic_index_in_dim(h, row_of(u, True), 0, False) for h in history)
+        settle = ~ok & (u == b) & (o == b - 1)
+        again_from_old = ~ok & (u == b) & ~settle
+        again = ~ok & ~settle
+        finite, _, iteration, status = _outcome(
+            c0._replace(iteration=c0.iteration + u, updates=c0.updates + u),
+            value,
+            norm,
+            norm,
+            tol,
+            None,
+            final(u),
+        )
+        # where the returned run stands: the chunk's end, the settled step (the one before
+        # when not finite), or where it is taken again from
+        at = jnp.where(
+            ok, j, jnp.where(settle, jnp.where(finite, u, u - 1), jnp.where(again_from_old, o, b))
+        )
+        pick = jnp.where(ok, 0, jnp.where(again_from_old | (settle & ~finite), 2, 1))
+        no_roll_back = jnp.zeros((), bool)
+        carry = c0._replace(
+            params=cur[0],
+            opt_state=cur[1],
+            prev_params=snap[0],
+            prev_opt_state=snap[1],
+            iteration=jnp.where(settle, iteration, c0.iteration + at),
+            updates=jnp.where(
+                settle, _counted(c0.updates + u, no_roll_back, finite), c0.updates + at
+            ),
+            status=jnp.where(settle, status, c0.status),
+        )
+        redo = jnp.stack([pick, again.astype(jnp.int32), u - at]).astype(jnp.int32)
+        return carry, history, (value, norm), old, redo
+
     def fast_steps(state):
         """Full batch under ``vmap``: steps with no per-run choice, then one guarded step.
 
@@ -573,11 +704,15 @@ def _chunk(
 
     nan = jnp.full(lead, jnp.nan, dtype)
     start = (carry, history, jnp.zeros([], jnp.int32), (nan, nan))
+    spare, redo = None, np.zeros(3, np.int32)  # (see ``block_steps``)
     if in_loop_end and not batched:
         # one run, full batch: plain_steps runs until the run ends or the chunk does, so an
         # outer loop would make exactly one iteration (the driver only runs a chunk for a run
         # still going, with chunk_steps >= 1)
-        carry, history, _, (value, norm) = plain_steps(start)
+        if test is None:
+            carry, history, (value, norm), spare, redo = block_steps(start)
+        else:
+            carry, history, _, (value, norm) = plain_steps(start)
         ended = ended_here(start[0], carry)
         value, norm = (jnp.where(ended, x, jnp.nan) for x in (value, norm))
     else:
@@ -597,8 +732,13 @@ def _chunk(
         carry, value, norm = jax.lax.cond(
             jnp.any(carry.status == Status.RUNNING), lambda: (carry, nan, nan), ended
         )
-    history = tuple(jnp.moveaxis(h[:rows], 0, -1) for h in history)
-    return carry, history, ran, value, norm
+    # One run: the whole buffer, scratch row included, which the host cuts to the recorded
+    # rows (slicing it here made XLA slow every step of the loop, the MLP benchmark's by
+    # about a quarter). Restarts: cut here (their history is runs x rows, and a cut on the
+    # host would copy it there and back).
+    cut = rows if batched else rows + 1
+    history = tuple(jnp.moveaxis(h[:cut], 0, -1) for h in history)
+    return carry, history, ran, value, norm, spare, redo
 
 
 def _pick(which, a, b):
@@ -681,6 +821,28 @@ def small_run(params, data, batch_size: int | None, batched: bool = False) -> bo
     return n_params * max(n_data, 1) <= SMALL_WORK
 
 
+# The unguarded blocks of a one-run chunk (:func:`_chunk`) last about BLOCK_SECONDS: a block
+# costs a few copies of the params and state and a loop iteration (~10-20 us on CPU, about
+# 0.1-1% of the block's steps), and a run that ends inside a chunk takes at most two blocks
+# again. Per step on one CPU core: about STEP_SECONDS plus WORK_SECONDS per unit of work
+# (parameters x data numbers, as for :func:`small_run`).
+BLOCK_SECONDS = 1e-3
+STEP_SECONDS = 2e-6
+WORK_SECONDS = 1e-11
+BLOCK_RANGE = (8, 256)
+
+
+def block_length(params, data) -> int:
+    """Steps per unguarded block (a power of two in ``BLOCK_RANGE``), from shapes only: the
+    results do not depend on it, only how much a run that ends mid-block takes again."""
+    n_params = sum(int(np.size(x)) for x in jax.tree.leaves(params))
+    n_data = sum(int(np.size(x)) for x in jax.tree.leaves(data))
+    per_step = STEP_SECONDS + WORK_SECONDS * n_params * max(n_data, 1)
+    steps = max(BLOCK_SECONDS / per_step, 1.0)
+    low, high = BLOCK_RANGE
+    return int(min(max(2 ** int(np.log2(steps)), low), high))
+
+
 def stall_test(optimizer) -> Callable | None:
     """The rule's test ``stalled(opt_state) -> bool`` (``None`` when it reports none).
 
@@ -749,13 +911,14 @@ def compiled_evaluate(loss, batched: bool):
 
 
 def _build(loss_ref, optimizer, batch_size, chunk_len, batched, record_every, small):
-    def chunk(carry, data, tol, total_steps, chunk_steps):
+    def chunk(carry, data, tol, total_steps, chunk_steps, barrier_at):
         return _chunk(
             carry,
             data,
             tol,
             total_steps,
             chunk_steps,
+            barrier_at,
             loss=loss_ref(),
             optimizer=optimizer,
             batch_size=batch_size,
