@@ -11,9 +11,9 @@ whole data is evaluated after the loop, under a ``lax.cond``.
 
 Full batch, the common step carries no bookkeeping. One run takes its steps in unguarded
 blocks, each step the hand-written loop's (measure, update; no ``lax.cond``, no roll-back
-copy), from a snapshot taken once a block; a run that ends inside a block takes it again up
-to that step (``block_steps`` in :func:`_chunk`; results are bit for bit those of guarding
-every step). Rules that report a stall (second-order ones, whose steps are few and costly)
+copy), from a snapshot taken once a block; a run that ends inside a block is taken again
+from the block's start up to that step, by a second call of the same program (``block_steps``
+in :func:`_chunk`; results are bit for bit those of guarding every step). Rules that report a stall (second-order ones, whose steps are few and costly)
 decide each step before its update instead (``plain_steps``). Under ``vmap``, an inner loop
 treats every run as accepting its step (no per-run select), and the first step some run
 does not accept is undone and taken again with the per-run checks (``fast_steps``).
@@ -320,15 +320,22 @@ def _chunk(
 ):
     """Run up to ``chunk_steps`` (<= ``chunk_len``) steps; record loss and gradient norm.
 
-    Returns ``(carry, (losses, norms), ran, final_loss, final_grad_norm)``: the history rows
-    of the recorded steps (step ``s`` is recorded when ``s % record_every == 0``; nothing when
-    ``record_every == 0``), the number of loop steps run, and for each run that ended in this
-    chunk the loss and gradient norm at its returned params (``nan`` for runs still going, and
-    for runs rolled back from non-finite params, which the host then evaluates). With ``batched``, ``carry`` has a leading run axis: the
-    loop's condition stays a scalar (some run still going), each step is ``vmap``-ed over the
-    runs, and a run that has ended keeps its carry and history. (Vmapping the whole while loop
-    instead would make its predicate batched, and then every step would copy the whole
-    history buffer.)
+    ``barrier_at`` (one run in blocks, ``block_steps``: ``chunk_steps`` for a chunk, the step
+    to settle when a run is taken again) is where the blocks end.
+
+    Returns ``(carry, (losses, norms), ran, final_loss, final_grad_norm, spare, redo)``.
+    ``spare`` and ``redo`` (``[pick, again, barrier]``) tell the host how to arrange a run
+    left by ``block_steps`` and whether to call again from it
+    (:func:`jaxdescent._engine.driver._arrange`); other paths return ``None`` and zeros.
+    The history holds the rows of the recorded steps (step ``s`` is recorded when
+    ``s % record_every == 0``; nothing when ``record_every == 0``; one run's buffer comes
+    whole, for the host to cut), then the number of loop steps run, and for each run that
+    ended in this chunk the loss and gradient norm at its returned params (``nan`` for runs
+    still going, and for runs rolled back from non-finite params, which the host then
+    evaluates). With ``batched``, ``carry`` has a leading run axis: the loop's condition stays
+    a scalar (some run still going), each step is ``vmap``-ed over the runs, and a run that
+    has ended keeps its carry and history. (Vmapping the whole while loop instead would make
+    its predicate batched, and then every step would copy the whole history buffer.)
     """
     n = 0 if data is None else data_lib.num_examples(data)
     per_epoch = None if batch_size is None else data_lib.batches_per_epoch(n, batch_size)
