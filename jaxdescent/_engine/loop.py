@@ -12,11 +12,12 @@ whole data is evaluated after the loop, under a ``lax.cond``.
 Full batch, the common step carries no bookkeeping. One run takes its steps in unguarded
 blocks, each step the hand-written loop's (measure, update; no ``lax.cond``, no roll-back
 copy), from a snapshot taken once a block; a run that ends inside a block is taken again
-from the block's start up to that step, by a second call of the same program (``block_steps``
-in :func:`_chunk`; results are bit for bit those of guarding every step). Rules that report a stall (second-order ones, whose steps are few and costly)
-decide each step before its update instead (``plain_steps``). Under ``vmap``, an inner loop
-treats every run as accepting its step (no per-run select), and the first step some run
-does not accept is undone and taken again with the per-run checks (``fast_steps``).
+from the block's start up to that step, by a second call of the same program
+(``block_steps`` in :func:`_chunk`; results are bit for bit those of guarding every step).
+Rules that report a stall (second-order ones, whose steps are few and costly) decide each
+step before its update instead (``plain_steps``). Under ``vmap``, an inner loop treats every
+run as accepting its step (no per-run select), and the first step some run does not accept
+is undone and taken again with the per-run checks (``fast_steps``).
 """
 
 from __future__ import annotations
@@ -572,8 +573,9 @@ def _chunk(
         choosing among these trees (inside the outer loop or after it) made XLA:CPU run
         every step of the inner loop about a quarter slower, and a select per leaf compiles
         a kernel per leaf (0.52 -> 0.81 s). The host picks instead
-        (:func:`jaxdescent._engine.driver._arrange`), from ``(carry, spare, redo)``: ``carry.params`` is the
-        last block's end, ``carry.prev_params`` its start and ``spare`` the block before.
+        (:func:`jaxdescent._engine.driver._arrange`), from ``(carry, spare, redo)``:
+        ``carry.params`` is the last block's end, ``carry.prev_params`` its start and
+        ``spare`` the block before.
         """
         c0, history, _, _ = state
 
@@ -713,9 +715,9 @@ def _chunk(
     start = (carry, history, jnp.zeros([], jnp.int32), (nan, nan))
     spare, redo = None, np.zeros(3, np.int32)  # (see ``block_steps``)
     if in_loop_end and not batched:
-        # one run, full batch: plain_steps runs until the run ends or the chunk does, so an
-        # outer loop would make exactly one iteration (the driver only runs a chunk for a run
-        # still going, with chunk_steps >= 1)
+        # one run, full batch: block_steps (or, for a rule with a stall test, plain_steps)
+        # runs until the run ends or the chunk does, so an outer loop would make exactly one
+        # iteration (the driver only runs a chunk for a run still going, chunk_steps >= 1)
         if test is None:
             carry, history, (value, norm), spare, redo = block_steps(start)
         else:
