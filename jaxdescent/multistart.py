@@ -30,8 +30,8 @@ from jaxdescent._engine.checks import (
     scalar_loss,
 )
 from jaxdescent._engine.driver import check_chunk, drive, warn_nonfinite
-from jaxdescent._engine.loop import init_carry
-from jaxdescent.optim._common import check_hyperparam
+from jaxdescent._engine.loop import Carry
+from jaxdescent.optim._common import check_hyperparam, host_state
 from jaxdescent.results import Minima, MultistartResult
 
 __all__ = ["Minima", "MultistartResult", "distinct_minima", "multistart", "restart_keys"]
@@ -110,11 +110,9 @@ def multistart(
         check_callable("callback", callback)
     value_loss = scalar_loss(loss) if has_aux else loss
     init_keys, fit_keys = restart_keys(key, restarts)
-    try:
-        params_shape = jax.eval_shape(init, jax.ShapeDtypeStruct((), init_keys.dtype))
-    except Exception as err:
-        raise ValueError(f"calling init(key) failed while checking the problem: {err}") from err
-    example = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), params_shape)
+    draw, params_shape = _drawer(init, init_keys.dtype)
+    # NumPy: the checks only trace with it, and ``init`` may build its state from it
+    example = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), params_shape)
     n = check_problem(value_loss, example, data, batch_size, steps, tol, name="init(key)")
     chunk = check_chunk(chunk_size, steps, progress, None, trace=trace, callback=callback)
     if hyperparams:  # checked on the state's shapes, before anything is compiled
@@ -128,7 +126,9 @@ def multistart(
             f"devices ({ndev})"
         )
 
-    carry = _starter(init, optimizer, n, batch_size)(init_keys, fit_keys)
+    params = draw(init_keys)
+    opt_state = _stacked_state(optimizer, params, example, restarts)
+    carry = _initial_carries(params, opt_state, fit_keys, n, batch_size)
     if hyperparams:
         opt_state = _inject(carry.opt_state, hyperparams, restarts)
         carry = carry._replace(opt_state=opt_state, prev_opt_state=opt_state)
@@ -173,18 +173,20 @@ def multistart(
     )
 
 
-def _starter(init, optimizer, n, batch_size):
-    """The start of all restarts: their params (one cached jitted program per ``init``) and
-    initial carries. The optimizer's state is built outside that program, so its
-    hyperparameter values (a learning rate, say) never cause a recompile."""
-    draw = cached(init, ("multistart-init",), lambda: jax.jit(jax.vmap(_deref(owner_ref(init)))))
+def _drawer(init, key_dtype):
+    """``(draw, params_shape)``: one cached jitted program per ``init`` that draws every
+    restart's params from its key, and the shapes of one restart's params (traced once)."""
 
-    def start(init_keys, fit_keys):
-        params = draw(init_keys)
-        opt_state = jax.vmap(optimizer.init)(params)
-        return _initial_carries(params, opt_state, fit_keys, n, batch_size)
+    def build():
+        try:
+            shape = jax.eval_shape(init, jax.ShapeDtypeStruct((), key_dtype))
+        except Exception as err:
+            raise ValueError(
+                f"calling init(key) failed while checking the problem: {err}"
+            ) from err
+        return jax.jit(jax.vmap(_deref(owner_ref(init)))), shape
 
-    return start
+    return cached(init, ("multistart-init", key_dtype), build)
 
 
 def _deref(ref):
@@ -194,11 +196,31 @@ def _deref(ref):
     return init
 
 
-@functools.partial(jax.jit, static_argnums=(3, 4))
+def _stacked_state(optimizer, params, example, restarts):
+    """Every restart's optimizer state, built outside any compiled program, so that its
+    hyperparameter values (a learning rate, say) never cause a recompile.
+
+    A jaxdescent rule whose ``init`` reads only shapes (:func:`~jaxdescent.optim._common.
+    shape_only`) builds one restart's state from ``example`` on the host and it is stacked
+    there (NumPy, passed to the loop as it is); any other rule is ``vmap``-ed over the
+    stacked ``params``.
+    """
+    if getattr(optimizer.init, "shape_only", False):
+        with host_state():
+            one = optimizer.init(example)
+        leaves = jax.tree.leaves(one)
+        if all(isinstance(x, np.ndarray) for x in leaves):
+            return jax.tree.map(lambda x: np.broadcast_to(x, (restarts, *x.shape)), one)
+    return jax.vmap(optimizer.init)(params)
+
+
 def _initial_carries(params, opt_state, fit_keys, n, batch_size):
-    return jax.vmap(lambda p, s, k: init_carry(p, s, k, n, batch_size))(
-        params, opt_state, fit_keys
-    )
+    """The stacked :class:`~jaxdescent._engine.loop.Carry` of every restart at its start (as
+    :func:`~jaxdescent._engine.loop.init_carry` makes one run's, with NumPy counters)."""
+    restarts = fit_keys.shape[0]
+    zero = np.zeros((restarts,), np.int32)
+    perm = np.zeros((restarts, 0 if batch_size is None else n), np.int32)
+    return Carry(params, opt_state, params, opt_state, zero, zero, zero, fit_keys, perm)
 
 
 def _with_hyperparams(state, path=()):

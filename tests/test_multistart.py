@@ -109,7 +109,7 @@ def _assert_each_restart_is_its_fit(res, rule_of, kwargs):
 @pytest.mark.filterwarnings("ignore:.*ended NONFINITE:RuntimeWarning")
 def test_full_batch_restarts_that_end_differently_equal_their_fits():
     # full batch, restarts that converge at different steps, one that turns non-finite
-    # mid-run, and ones that spend their budget: the fast loop's undo and the frozen runs
+    # mid-run, and ones that spend their budget: the blocks' guarded steps and the frozen runs
     # give each restart exactly its own fit
     lrs = jnp.array([0.5, 0.1, 1e3, 0.001, 0.3, 0.02])
     kwargs = {"steps": 40, "tol": 1e-4}
@@ -121,6 +121,43 @@ def test_full_batch_restarts_that_end_differently_equal_their_fits():
     assert len(set(taken[status == Status.CONVERGED].tolist())) > 1
     assert 1 < taken[status == Status.NONFINITE][0] < 40
     _assert_each_restart_is_its_fit(res, lambda i: jd.optim.sgd(float(lrs[i])), kwargs)
+
+
+@pytest.mark.filterwarnings("ignore:.*ended NONFINITE:RuntimeWarning")
+@pytest.mark.parametrize(
+    "settings",
+    [
+        dict(steps=40, tol=1e-3),  # restarts that converge, turn non-finite, or run out
+        dict(steps=40, tol=1e-3, chunk_size=7, record_every=3),
+    ],
+)
+def test_block_length_does_not_change_restarts(monkeypatch, settings):
+    """Full batch, restarts take their steps in unguarded blocks; a block in which some run
+    ends is taken again up to that step, which is then taken with the per-run checks.
+    Whatever the block length, every restart is the same, bit for bit."""
+    from jaxdescent._engine import loop
+
+    # learning rates above 2 overflow at steps 6 to 31, the others converge or run out
+    lrs = jnp.array([0.5, 0.1, 1e3, 0.001, 0.3, 0.02, 100.0, 30.0, 10.0, 5.0, 0.7, 20.0])
+    runs = []
+    for length in (1, 2, 3, 8, 64):
+        monkeypatch.setattr(loop, "BLOCK_RANGE", (length, length))
+        jd.clear_cache()
+        res = jd.multistart(_normal_start, _bowl, jd.optim.sgd(0.1), key=jax.random.key(6),
+                            restarts=12, hyperparams={"learning_rate": lrs}, **settings)  # fmt: skip
+        runs.append(res)
+    first = runs[0]
+    status = np.asarray(first.status)
+    assert {Status.CONVERGED, Status.NONFINITE, Status.MAX_STEPS} <= set(status.tolist())
+    assert (status == Status.NONFINITE).sum() >= 4
+    assert len(set(np.asarray(first.steps_taken).tolist())) >= 8  # ends at many steps
+    _assert_each_restart_is_its_fit(first, lambda i: jd.optim.sgd(float(lrs[i])), settings)
+    for res in runs[1:]:
+        for name in ("params", "status", "steps_taken", "losses", "grad_norms", "final_losses",
+                     "final_grad_norms"):  # fmt: skip
+            np.testing.assert_array_equal(getattr(res, name), getattr(first, name), err_msg=name)
+        jax.tree.map(np.testing.assert_array_equal, res.opt_state, first.opt_state)
+    jd.clear_cache()
 
 
 class _CountedState(NamedTuple):
@@ -306,3 +343,25 @@ def test_restarts_and_data_shard_over_four_devices():
                           text=True, timeout=300)  # fmt: skip
     assert done.returncode == 0, done.stderr[-4000:]
     assert "SHARDED-OK" in done.stdout
+
+
+def test_restarts_state_is_built_on_the_host_for_shape_only_rules():
+    """jaxdescent's first-order rules read only the params' shapes in ``init``: their
+    stacked state is built once on the host (NumPy) and equals ``vmap(init)``; any other
+    rule is ``vmap``-ed."""
+    import sys
+
+    ms = sys.modules["jaxdescent.multistart"]
+    params = jax.vmap(_normal_start)(jax.random.split(jax.random.key(0), 4))
+    example = np.zeros(3, np.float32)
+    for rule in (jd.optim.adam(0.1), jd.optim.adagrad(0.1), jd.optim.rmsprop(0.1)):
+        stacked = ms._stacked_state(rule, params, example, 4)
+        assert all(isinstance(x, np.ndarray) for x in jax.tree.leaves(stacked))
+        reference = jax.vmap(rule.init)(params)
+        assert jax.tree.structure(stacked) == jax.tree.structure(reference)
+        jax.tree.map(np.testing.assert_array_equal, stacked, reference)
+        assert [x.dtype for x in jax.tree.leaves(stacked)] == [
+            x.dtype for x in jax.tree.leaves(reference)
+        ]
+    other = ms._stacked_state(optax.adam(0.1), params, example, 4)
+    assert all(isinstance(x, jax.Array) for x in jax.tree.leaves(other))

@@ -15,9 +15,10 @@ copy), from a snapshot taken once a block; a run that ends inside a block is tak
 from the block's start up to that step, by a second call of the same program
 (``block_steps`` in :func:`_chunk`; results are bit for bit those of guarding every step).
 Rules that report a stall (second-order ones, whose steps are few and costly) decide each
-step before its update instead (``plain_steps``). Under ``vmap``, an inner loop treats every
-run as accepting its step (no per-run select), and the first step some run does not accept
-is undone and taken again with the per-run checks (``fast_steps``).
+step before its update instead (``plain_steps``). Under ``vmap`` the runs take blocks of
+unguarded steps together (no per-run select, no roll-back copy); the first step at which
+some running run does not make a plain accept is not applied, ends the block, and is taken
+with the per-run checks (``run_blocks``).
 """
 
 from __future__ import annotations
@@ -347,16 +348,21 @@ def _chunk(
     dtype = history_dtype(carry.params)
     lead = carry.status.shape  # () for one run, (runs,) when batched
     # history rows are recorded steps, so each step writes one contiguous row; steps that are
-    # not recorded (and, batched, the gated steps past the chunk's end)
-    # write a scratch row past the end, cut off at the end
+    # not recorded (and, batched, the gated steps past the chunk's end) write a scratch row
+    # past the end (one run; the host cuts it off) or write a row back as it was (restarts)
     unroll = _UNROLL if batched else 1
     every = record_every
     # at most ceil(chunk_len / every) multiples of ``every`` lie in a chunk's steps: a
     # whole-run chunk's history then has exactly its recorded rows (no cut needed)
     rows = 0 if every == 0 else -(-chunk_len // every)
+    # Restarts have no scratch row: a step that is not recorded writes a row back as it was
+    # (their history leaves the program transposed, and cutting a scratch row off in the
+    # same copy made XLA:CPU transpose it element by element, 1,024 restarts x 1,000 steps
+    # about 2.5 ms slower)
+    spare_row = 0 if batched else 1
     history = (
-        jnp.full((rows + 1, *lead), jnp.nan, dtype),
-        jnp.full((rows + 1, *lead), jnp.nan, dtype),
+        jnp.full((rows + spare_row, *lead), jnp.nan, dtype),
+        jnp.full((rows + spare_row, *lead), jnp.nan, dtype),
     )
     if batched:
         # the run axis stays first (moving it last, to the minor axis, made XLA transpose
@@ -417,8 +423,6 @@ def _chunk(
         return ((i < chunk_steps) | final(i)) & jnp.any(c.status == Status.RUNNING)
 
     def body(state):
-        if in_loop_end:  # batched (one full-batch run does not use this loop)
-            return fast_steps(state)
         for _ in range(unroll):
             state = sub_step(state)
         return state
@@ -434,7 +438,12 @@ def _chunk(
         )
 
     def sub_step(state):
-        c, (losses, norms), i, ends = state
+        c, history, i, ends = state
+        new_c, (value, norm), ends = checked_step(c, i, ends)
+        return new_c, record(history, i, value, norm), i + 1, ends
+
+    def checked_step(c, i, ends):
+        """Loop step ``i`` with the per-run checks: ``(carry, (loss, norm) row, ends)``."""
         if batched:
             # past the chunk's end no run is active: the step then changes nothing
             active = (c.status == Status.RUNNING) & ((i < chunk_steps) | final(i))
@@ -476,16 +485,25 @@ def _chunk(
             new_c = _commit(c, proposal, full, tol, limit, final(i), stalled(c.opt_state))
             # one run: the last measurement, judged after the loop
             ends = (value.astype(dtype), norm.astype(dtype))
-        return new_c, record((losses, norms), i, value, norm), i + 1, ends
+        return new_c, (value, norm), ends
 
     def record(history, i, value, norm, in_chunk=False):
         """Write step ``i``'s row. ``in_chunk``: ``i`` is a step of this chunk or its final
         evaluation (one run, full batch), so with ``every == 1`` its row is ``i`` itself
         (the final evaluation's, past the recorded rows, is cut off with them), and with no
-        history the one scratch row is written (:func:`block_steps` reads it back)."""
+        history the one scratch row is written (:func:`block_steps` reads it back).
+        Restarts have no scratch row: a step not recorded writes the last row back as it
+        was (``in_chunk`` is then only for steps of the chunk with ``every == 1``)."""
         if not every and not in_chunk:
             return history
         r = row_of(i, in_chunk)
+        if batched and not (in_chunk and every == 1):  # no scratch row: write a row back
+            unrecorded = r >= rows
+            r = jnp.minimum(r, rows - 1)
+            value, norm = (
+                jnp.where(unrecorded, jax.lax.dynamic_index_in_dim(h, r, 0, False), x)
+                for h, x in zip(history, (value, norm))
+            )
         return tuple(
             jax.lax.dynamic_update_index_in_dim(h, x.astype(dtype), r, 0)
             for h, x in zip(history, (value, norm))
@@ -659,57 +677,126 @@ def _chunk(
         redo = jnp.stack([pick, again.astype(jnp.int32), u - at]).astype(jnp.int32)
         return carry, history, (value, norm), old, redo
 
-    def fast_steps(state):
-        """Full batch under ``vmap``: steps with no per-run choice, then one guarded step.
+    def run_blocks(state):
+        """Full batch under ``vmap``: blocks of unguarded steps, and a guarded step where a
+        run ends.
 
-        An inner loop applies each step as if every run accepted it (no ``lax.cond`` and no
-        select per leaf: the common path is the hand-written loop's, plus the copies a
-        roll-back needs), and stops after the first step that some running run does not
-        accept (its loss or gradient not finite, or converged) or at the chunk's end or
-        final evaluation. That step is undone exactly (the params and state before it are
-        the carry's previous ones; the inner loop keeps the ones before those), and the
-        guarded :func:`sub_step` takes it again. Runs that had ended before take part in the
-        inner loop's arithmetic but keep their carry. Results, statuses and histories are
-        those of guarding every step, bit for bit.
+        Inside a block every run takes the hand-written loop's step (no per-run select, no
+        roll-back copy; runs that ended before take part in the arithmetic and are restored
+        after the block). Each step notes whether every running run makes a plain accept
+        (finite, not converged, not stalled); the first step at which one does not is not
+        applied (its update is dropped by a select on that one flag, which XLA fuses into
+        the update) and ends the block. That step ``u`` is then taken again by the guarded
+        :func:`sub_step` (per-run checks and selects), unless some run's loss or gradient
+        was not finite there: that run goes back to its params before step ``u``, which the
+        block no longer holds, so the block is dropped and its steps are taken again up to
+        ``u`` (a ``barrier``), the last of them as a block of its own (or, when ``u`` was the
+        block's first step, from the previous block's start, ``old``, unless that block was
+        that single step). The chunk's last step before its end is a block of its own too,
+        so the carry's previous params are the ones before the last update; the final
+        evaluation is a guarded step. Steps taken again are the same code on the same
+        inputs, so results, statuses and histories are those of guarding every step, bit for
+        bit. (The previous params kept for a run that ended converged, stalled or out of
+        budget may be an earlier step's: a run going on again measures its params before
+        any update, so they are never read.)
         """
-        c0, history, i0, ends = state
-        running = c0.status == Status.RUNNING
+        c0, history, _, ends = state
+        vmeasure = jax.vmap(measure, in_axes=(0, None))
+        vupdate = jax.vmap(update, in_axes=(0, 0, None, 0, 0))
+        vnorm = jax.vmap(global_norm)
 
-        def go_on(s):
-            _, _, _, i, ok = s
-            return ok & (i < chunk_steps) & ~final(i)
+        def free(p, s, history, start, count, running):
+            def go_on(t):
+                return t[4] & (t[3] < start + count)
 
-        def fast_step(s):
-            c, _, history, i, _ = s
-            proposal = vpropose(c, data, False, False)
-            value, norm = (x.astype(dtype) for x in proposal[2:4])
-            fine = jnp.isfinite(value) & jnp.isfinite(norm) & ~(norm < tol)
-            fine = fine & ~stalled(c.opt_state)
-            ok = jnp.all(fine | ~running)
-            # an ended run's row stays nan
-            shown = (jnp.where(running, value, jnp.nan), jnp.where(running, norm, jnp.nan))
-            before = (c.prev_params, c.prev_opt_state)
-            new_c = _commit_all_accepted(c, proposal, None)
-            return new_c, before, record(history, i, *shown), i + 1, ok
+            def free_step(t):
+                p, s, history, j, _, _ = t
+                value, grads = vmeasure(p, data)
+                norm = vnorm(grads)
+                value, norm = value.astype(dtype), norm.astype(dtype)
+                finite = jnp.isfinite(value) & jnp.isfinite(norm)
+                fine = finite & ~(norm < tol) & ~stalled(s)
+                ok = jnp.all(fine | ~running)
+                new = vupdate(p, s, data, value, grads)
+                p, s = jax.tree.map(lambda x, y: jnp.where(ok, x, y), new, (p, s))
+                # an ended run's row stays nan
+                shown = (jnp.where(running, value, jnp.nan), jnp.where(running, norm, jnp.nan))
+                # (its steps are the chunk's: with ``every == 1`` each has a row of its own)
+                history = record(history, j, *shown, in_chunk=every == 1)
+                # per run, reduced once after the loop
+                return p, s, history, j + ok, ok, running & ~finite
 
-        start = (c0, (c0.prev_params, c0.prev_opt_state), history, i0, jnp.any(running))
-        c, (prev_params, prev_state), history, i, ok = jax.lax.while_loop(go_on, fast_step, start)
-        undo = ~ok & (i > i0)  # the last step needs the per-run checks
-        c = jax.lax.cond(
-            undo,
-            lambda: c._replace(
-                params=c.prev_params,
-                opt_state=c.prev_opt_state,
-                prev_params=prev_params,
-                prev_opt_state=prev_state,
-                iteration=c.iteration - 1,
-                updates=c.updates - 1,
-            ),
-            lambda: c,
+            start_state = (p, s, history, start, jnp.asarray(True), jnp.zeros(lead, bool))
+            return jax.lax.while_loop(go_on, free_step, start_state)
+
+        def go_on(st):
+            c, _, _, _, j, _, _ = st
+            return ((j < chunk_steps) | final(j)) & jnp.any(c.status == Status.RUNNING)
+
+        def block(st):
+            c, old, o, history, b, barrier, ends = st
+            running = c.status == Status.RUNNING
+            room = barrier - 1 - b
+            # a block taken again is known to be clean: one block up to the barrier
+            again = barrier < chunk_steps
+            count = jnp.where(room > 0, jnp.where(again, room, jnp.minimum(block_len, room)), 1)
+            count = jnp.where(b < barrier, count, 0)
+            p, s, history, j, ok, bad = free(c.params, c.opt_state, history, b, count, running)
+            # not clean: ``j`` is the step ``u`` that needs the per-run checks; when some run
+            # was not finite there, the block is taken again up to it
+            redo = ~ok & jnp.any(bad)
+            to_old = redo & (j == b) & (o < b - 1)
+            take = running & ~redo
+            now = (c.params, c.opt_state)
+            back = running & to_old
+            params, opt_state = _pick(take, (p, s), _pick(back, old, now))
+            prev = _pick(take & (j > b), now, (c.prev_params, c.prev_opt_state))
+            moved = jnp.where(take, j - b, 0) - jnp.where(back, b - o, 0)
+            c = c._replace(
+                params=params,
+                opt_state=opt_state,
+                prev_params=prev[0],
+                prev_opt_state=prev[1],
+                iteration=c.iteration + moved,
+                updates=c.updates + moved,
+            )
+            # after a block taken again, ``old`` is not read before the guarded step sets it
+            old, o = now, jnp.where(ok & (count > 0), b, o)
+            barrier = jnp.where(ok, barrier, j)
+            j = jnp.where(redo, jnp.where(to_old, o, b), j)
+            return c, old, o, history, j, barrier, ends
+
+        def guarded(st):
+            """Step ``u`` with the per-run checks when it is the barrier (else nothing)."""
+            c, old, o, history, u, barrier, ends = st
+            here = u == barrier
+            # the carry (not the history) passes through this ``lax.cond``
+            c, shown, ends = jax.lax.cond(
+                here, lambda: checked_step(c, u, ends), lambda: (c, (nan, nan), ends)
+            )
+            history = record(history, jnp.where(here, u, chunk_steps + 1), *shown)
+            # after it, ``prev`` is exact: step ``u + 1``'s start is one step back
+            o = jnp.where(here, u, o)
+            barrier = jnp.where(here, chunk_steps, barrier)
+            return c, old, o, history, u + here, barrier, ends
+
+        def outer(st):
+            # no ``lax.cond`` between the block and the guarded step: a history buffer
+            # passed through one was copied whole at every guarded step
+            return guarded(block(st))
+
+        zero = jnp.zeros((), jnp.int32)
+        start = (
+            c0,
+            (c0.prev_params, c0.prev_opt_state),  # as if a single-step block ended at step 0
+            zero - 1,
+            history,
+            zero,
+            jnp.asarray(chunk_steps, jnp.int32),
+            ends,
         )
-        # runs that had ended keep their carry (and their status)
-        c = _pick(running, c._replace(key=None), c0._replace(key=None))._replace(key=c0.key)
-        return sub_step((c, history, jnp.where(undo, i - 1, i), ends))
+        c, _, _, history, j, _, ends = jax.lax.while_loop(go_on, outer, start)
+        return c, history, j, ends
 
     nan = jnp.full(lead, jnp.nan, dtype)
     start = (carry, history, jnp.zeros([], jnp.int32), (nan, nan))
@@ -724,6 +811,8 @@ def _chunk(
             carry, history, _, (value, norm) = plain_steps(start)
         ended = ended_here(start[0], carry)
         value, norm = (jnp.where(ended, x, jnp.nan) for x in (value, norm))
+    elif in_loop_end:  # batched, full batch
+        carry, history, _, (value, norm) = run_blocks(start)
     else:
         carry, history, _, (value, norm) = jax.lax.while_loop(cond, body, start)
     ran = jnp.max(carry.iteration) - first
@@ -743,10 +832,10 @@ def _chunk(
         )
     # One run: the whole buffer, scratch row included, which the host cuts to the recorded
     # rows (slicing it here made XLA slow every step of the loop, the MLP benchmark's by
-    # about a quarter). Restarts: cut here (their history is runs x rows, and a cut on the
-    # host would copy it there and back).
-    cut = rows if batched else rows + 1
-    history = tuple(jnp.moveaxis(h[:cut], 0, -1) for h in history)
+    # about a quarter). Restarts: no scratch row, so no cut; the runs go first. (Transposing
+    # in a program of its own instead was faster alone but slower end to end.)
+    if batched:
+        history = tuple(h.T for h in history)
     return carry, history, ran, value, norm, spare, redo
 
 

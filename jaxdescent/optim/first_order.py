@@ -41,9 +41,11 @@ from jaxdescent.optim._common import (
     check_grads,
     checked_learning_rate,
     current_hyperparams,
+    full_like,
     increment,
     initial_hyperparams,
     scale_like,
+    shape_only,
     split_hyperparams,
     zero_count,
     zeros_like,
@@ -156,6 +158,7 @@ def sgd(learning_rate: optax.ScalarOrSchedule) -> optax.GradientTransformationEx
     checked_learning_rate(learning_rate)
     schedule, pinned, runtime = split_hyperparams(learning_rate)
 
+    @shape_only
     def init(params):
         return SgdState(count=_count(), hyperparams=initial_hyperparams(runtime, params))
 
@@ -232,6 +235,7 @@ def momentum(
     check_choice("form", form, _MOMENTUM_FORMS)
     schedule, pinned, runtime = split_hyperparams(learning_rate, beta=beta)
 
+    @shape_only
     def init(params):
         return MomentumState(
             count=_count(),
@@ -303,10 +307,11 @@ def adagrad(
     check_positive("eps", eps)
     schedule, pinned, runtime = split_hyperparams(learning_rate, eps=eps)
 
+    @shape_only
     def init(params):
         return AdagradState(
             count=_count(),
-            sum_of_squares=optax.tree.full_like(params, initial_accumulator_value),
+            sum_of_squares=full_like(params, initial_accumulator_value),
             hyperparams=initial_hyperparams(runtime, params),
         )
 
@@ -402,11 +407,12 @@ def rmsprop(
         learning_rate, decay=decay, eps=eps, **({"momentum": momentum} if has_momentum else {})
     )
 
+    @shape_only
     def init(params):
         zeros = zeros_like(params)
         return RmspropState(
             count=_count(),
-            nu=optax.tree.full_like(params, initial_scale),
+            nu=full_like(params, initial_scale),
             mu=zeros if centered else None,
             trace=zeros if has_momentum else None,
             hyperparams=initial_hyperparams(runtime, params),
@@ -475,6 +481,7 @@ def _check_adam(learning_rate, b1, b2, eps, eps_root) -> None:
 
 
 def _adam_init(runtime):
+    @shape_only
     def init(params):
         return AdamState(
             count=_count(),
