@@ -4,6 +4,7 @@
     python -m benchmarks.overhead logreg      # fit / hand lax.scan, logistic regression
     python -m benchmarks.overhead mlp         # fit / hand lax.scan, MLP 512x8-64-64-1
     python -m benchmarks.overhead multistart  # multistart / hand vmapped scan, 1024 restarts
+    python -m benchmarks.overhead multistart_tol  # 1024 restarts that end one after another
     python -m benchmarks.overhead first_fit   # first call in a fresh process (run each in a
     python -m benchmarks.overhead first_hand  # new process and compare the two)
     python -m benchmarks.overhead anatomy     # where multistart's per-step cost goes
@@ -61,6 +62,8 @@ def mlp_case():
 def main(case: str) -> None:
     if case == "anatomy":
         anatomy()
+    elif case == "multistart_tol":
+        multistart_tol()
     elif case == "fresh":
         f = jd.problems.rosenbrock
         x0 = jnp.array([-1.2, 1.0])
@@ -180,6 +183,25 @@ def main(case: str) -> None:
         print(
             f"multistart {a * 1e3:.1f} ms, hand vmapped scan {b * 1e3:.1f} ms, ratio {a / b:.2f}"
         )
+
+
+def multistart_tol() -> None:
+    """1,024 Rosenbrock restarts of Adam (lr 1e-2) with ``tol=1e-2`` over 3,000 steps: the
+    restarts converge at many different steps, so the loop meets many steps at which some
+    restart ends (the per-run checks are taken there)."""
+    f = jd.problems.rosenbrock
+    opt = jd.optim.adam(1e-2)
+
+    def init(k):
+        return jax.random.uniform(k, (2,), minval=-2, maxval=2)
+
+    key = jax.random.key(0)
+
+    def run():
+        return jd.multistart(init, f, opt, key=key, restarts=1024, steps=3000, tol=1e-2)
+
+    ends = len(set(np.asarray(run().steps_taken).tolist()))
+    print(f"multistart with tol: {timeit(lambda: run().params) * 1e3:.1f} ms ({ends} end steps)")
 
 
 def anatomy() -> None:
