@@ -330,11 +330,10 @@ def _chunk(
     left by ``block_steps`` and whether to call again from it
     (:func:`jaxdescent._engine.driver._arrange`); other paths return ``None`` and zeros.
     The history holds the rows of the recorded steps (step ``s`` is recorded when
-    ``s % record_every == 0``; nothing when ``record_every == 0``; one run's buffer comes
-    whole, for the host to cut), then the number of loop steps run, and for each run that
-    ended in this chunk the loss and gradient norm at its returned params (``nan`` for runs
-    still going, and for runs rolled back from non-finite params, which the host then
-    evaluates). With ``batched``, ``carry`` has a leading run axis: the loop's condition stays
+    ``s % record_every == 0``; nothing when ``record_every == 0``), then the number of loop
+    steps run, and for each run that ended in this chunk the loss and gradient norm at its
+    returned params (``nan`` for runs still going, and for runs rolled back from non-finite
+    params, which the host then evaluates). With ``batched``, ``carry`` has a leading run axis: the loop's condition stays
     a scalar (some run still going), each step is ``vmap``-ed over the runs, and a run that
     has ended keeps its carry and history. (Vmapping the whole while loop instead would make
     its predicate batched, and then every step would copy the whole history buffer.)
@@ -349,7 +348,7 @@ def _chunk(
     lead = carry.status.shape  # () for one run, (runs,) when batched
     # history rows are recorded steps, so each step writes one contiguous row; steps that are
     # not recorded (and, batched, the gated steps past the chunk's end) write a scratch row
-    # past the end (one run; the host cuts it off) or write a row back as it was (restarts)
+    # past the end (one run; cut off at the end) or write a row back as it was (restarts)
     unroll = _UNROLL if batched else 1
     every = record_every
     # at most ceil(chunk_len / every) multiples of ``every`` lie in a chunk's steps: a
@@ -836,12 +835,15 @@ def _chunk(
         carry, value, norm = jax.lax.cond(
             jnp.any(carry.status == Status.RUNNING), lambda: (carry, nan, nan), ended
         )
-    # One run: the whole buffer, scratch row included, which the host cuts to the recorded
-    # rows (slicing it here made XLA slow every step of the loop, the MLP benchmark's by
-    # about a quarter). Restarts: no scratch row, so no cut; the runs go first. (Transposing
-    # in a program of its own instead was faster alone but slower end to end.)
+    # One run: the scratch row is cut off here, after an optimization barrier (without it,
+    # slicing made XLA slow every step of the loop, the MLP benchmark's by about a quarter);
+    # a whole run's history then leaves as it is, with no cut and no copy back on the host.
+    # Restarts: no scratch row, so no cut; the runs go first. (Transposing in a program of
+    # its own instead was faster alone but slower end to end.)
     if batched:
         history = tuple(h.T for h in history)
+    else:
+        history = tuple(h[:rows] for h in jax.lax.optimization_barrier(history))
     return carry, history, ran, value, norm, spare, redo
 
 
