@@ -30,7 +30,7 @@ from jaxdescent._engine.checks import (
     scalar_loss,
 )
 from jaxdescent._engine.driver import check_chunk, drive, warn_nonfinite
-from jaxdescent._engine.loop import Carry
+from jaxdescent._engine.loop import init_carry
 from jaxdescent.optim._common import check_hyperparam, host_state
 from jaxdescent.results import Minima, MultistartResult
 
@@ -128,7 +128,7 @@ def multistart(
 
     params = draw(init_keys)
     opt_state = _stacked_state(optimizer, params, example, restarts)
-    carry = _initial_carries(params, opt_state, fit_keys, n, batch_size)
+    carry = init_carry(params, opt_state, fit_keys, n, batch_size, runs=(restarts,))
     if hyperparams:
         opt_state = _inject(carry.opt_state, hyperparams, restarts)
         carry = carry._replace(opt_state=opt_state, prev_opt_state=opt_state)
@@ -212,15 +212,6 @@ def _stacked_state(optimizer, params, example, restarts):
         if all(isinstance(x, np.ndarray) for x in leaves):
             return jax.tree.map(lambda x: np.broadcast_to(x, (restarts, *x.shape)), one)
     return jax.vmap(optimizer.init)(params)
-
-
-def _initial_carries(params, opt_state, fit_keys, n, batch_size):
-    """The stacked :class:`~jaxdescent._engine.loop.Carry` of every restart at its start (as
-    :func:`~jaxdescent._engine.loop.init_carry` makes one run's, with NumPy counters)."""
-    restarts = fit_keys.shape[0]
-    zero = np.zeros((restarts,), np.int32)
-    perm = np.zeros((restarts, 0 if batch_size is None else n), np.int32)
-    return Carry(params, opt_state, params, opt_state, zero, zero, zero, fit_keys, perm)
 
 
 def _with_hyperparams(state, path=()):

@@ -132,9 +132,10 @@ def test_full_batch_restarts_that_end_differently_equal_their_fits():
     ],
 )
 def test_block_length_does_not_change_restarts(monkeypatch, settings):
-    """Full batch, restarts take their steps in unguarded blocks; a block in which some run
-    ends is taken again up to that step, which is then taken with the per-run checks.
-    Whatever the block length, every restart is the same, bit for bit."""
+    """Full batch, restarts take their steps in unguarded blocks; the step at which some run
+    ends is taken with the per-run checks, and a block in which a run is not finite is taken
+    again up to that step. Whatever the block length, every restart is the same, bit for
+    bit, and each equals its own fit."""
     from jaxdescent._engine import loop
 
     # learning rates above 2 overflow at steps 6 to 31, the others converge or run out

@@ -140,11 +140,15 @@ def _call_with_batch(loss, batch, params):
     return loss(params, batch)
 
 
-def init_carry(params, opt_state, key, n: int, batch_size: int | None) -> Carry:
+def init_carry(
+    params, opt_state, key, n: int, batch_size: int | None, runs: tuple[int, ...] = ()
+) -> Carry:
+    """A run's carry at its start; with ``runs=(restarts,)``, stacked restarts (the params,
+    state and keys then have that leading axis)."""
     # NumPy constants: eager ``jnp.zeros`` would compile a small program on first use, and
     # the compiled loop takes NumPy arguments at almost no cost (a ``device_put`` each would
     # cost ~30 us of host time)
-    zero = np.zeros((), np.int32)
+    zero = np.zeros(runs, np.int32)
     perm_size = 0 if batch_size is None else n
     return Carry(
         params=params,
@@ -155,7 +159,7 @@ def init_carry(params, opt_state, key, n: int, batch_size: int | None) -> Carry:
         updates=zero,
         status=zero,
         key=key,
-        perm=np.zeros((perm_size,), np.int32),
+        perm=np.zeros((*runs, perm_size), np.int32),
     )
 
 
@@ -333,10 +337,11 @@ def _chunk(
     ``s % record_every == 0``; nothing when ``record_every == 0``), then the number of loop
     steps run, and for each run that ended in this chunk the loss and gradient norm at its
     returned params (``nan`` for runs still going, and for runs rolled back from non-finite
-    params, which the host then evaluates). With ``batched``, ``carry`` has a leading run axis: the loop's condition stays
-    a scalar (some run still going), each step is ``vmap``-ed over the runs, and a run that
-    has ended keeps its carry and history. (Vmapping the whole while loop instead would make
-    its predicate batched, and then every step would copy the whole history buffer.)
+    params, which the host then evaluates). With ``batched``, ``carry`` has a leading run
+    axis: the loop's condition stays a scalar (some run still going), each step is
+    ``vmap``-ed over the runs, and a run that has ended keeps its carry and history.
+    (Vmapping the whole while loop instead would make its predicate batched, and then every
+    step would copy the whole history buffer.)
     """
     n = 0 if data is None else data_lib.num_examples(data)
     per_epoch = None if batch_size is None else data_lib.batches_per_epoch(n, batch_size)
@@ -918,20 +923,24 @@ def small_run(params, data, batch_size: int | None, batched: bool = False) -> bo
     numbers one step reads (a Jacobian's size for least squares). With ``batched`` the
     params have a leading run axis, which does not count."""
     leaves = jax.tree.leaves(params)
-    n_params = sum(int(np.size(x)) for x in leaves)
-    if batched and leaves:
-        n_params //= max(int(np.shape(leaves[0])[0]), 1)
+    runs = max(int(np.shape(leaves[0])[0]), 1) if batched and leaves else 1
     n_data = sum(int(np.size(x)) for x in jax.tree.leaves(data))
     if batch_size is not None and data is not None:
         n_data = -(-n_data * batch_size // max(data_lib.num_examples(data), 1))
-    return n_params * max(n_data, 1) <= SMALL_WORK
+    return _step_work(params, n_data) // runs <= SMALL_WORK
 
 
-# The unguarded blocks of a one-run chunk (:func:`_chunk`) last about BLOCK_SECONDS: a block
-# costs a few copies of the params and state and a loop iteration (~10-20 us on CPU, about
-# 0.1-1% of the block's steps), and a run that ends inside a chunk takes at most two blocks
-# again. Per step on one CPU core: about STEP_SECONDS plus WORK_SECONDS per unit of work
-# (parameters x data numbers, as for :func:`small_run`).
+def _step_work(params, n_data: int) -> int:
+    """Parameters (over all runs) times the data numbers a step reads (at least one)."""
+    return sum(int(np.size(x)) for x in jax.tree.leaves(params)) * max(n_data, 1)
+
+
+# The unguarded blocks of a chunk (:func:`_chunk`: one run's, or the restarts' together)
+# last about BLOCK_SECONDS: a block costs a few copies of the params and state and a loop
+# iteration (~10-20 us on CPU for one run, about 0.1-1% of the block's steps), and a run
+# that ends inside a block takes at most two blocks again (restarts: only a run that is not
+# finite there). Per step on one CPU core: about STEP_SECONDS plus WORK_SECONDS per unit of
+# work (:func:`_step_work`, all runs together).
 BLOCK_SECONDS = 1e-3
 STEP_SECONDS = 2e-6
 WORK_SECONDS = 1e-11
@@ -941,9 +950,8 @@ BLOCK_RANGE = (8, 256)
 def block_length(params, data) -> int:
     """Steps per unguarded block (a power of two in ``BLOCK_RANGE``), from shapes only: the
     results do not depend on it, only how much a run that ends mid-block takes again."""
-    n_params = sum(int(np.size(x)) for x in jax.tree.leaves(params))
     n_data = sum(int(np.size(x)) for x in jax.tree.leaves(data))
-    per_step = STEP_SECONDS + WORK_SECONDS * n_params * max(n_data, 1)
+    per_step = STEP_SECONDS + WORK_SECONDS * _step_work(params, n_data)
     steps = max(BLOCK_SECONDS / per_step, 1.0)
     low, high = BLOCK_RANGE
     return int(min(max(2 ** int(np.log2(steps)), low), high))
