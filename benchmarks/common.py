@@ -125,6 +125,29 @@ def measure(fn: Callable[[], Any], repeats: int, warmup: bool = True) -> Timing:
     return Timing(statistics.median(runs), runs, first, compile_s, result)
 
 
+def measure_fresh(call: Callable[[int], Any], repeats: int) -> Timing:
+    """Time ``repeats`` calls ``call(0), call(1), ...`` that each build their optimizer
+    afresh (inside the timed call, usually with a hyperparameter that differs call to call),
+    as a user sweeping a learning rate from Python does. There is no warm-up: what a call
+    compiles is what a fresh object costs. ``compile_s`` is the median per call,
+    ``first_call_s`` the first call's time."""
+    runs, compiles = [], []
+    result = None
+    for i in range(max(1, repeats)):
+        with compile_clock() as compiled:
+            t0 = time.perf_counter()
+            result = block(call(i))
+            runs.append(time.perf_counter() - t0)
+            compiles.append(compiled())
+    return Timing(statistics.median(runs), runs, runs[0], statistics.median(compiles), result)
+
+
+def fresh_value(base: float, i: int) -> float:
+    """The hyperparameter of fresh call ``i``: ``base`` moved by ``(i + 1)`` percent, so
+    no two calls share a value (nor any with the warm rows' ``base``)."""
+    return base * (1.0 + 0.01 * (i + 1))
+
+
 def _version(name: str) -> str | None:
     try:
         return metadata.version(name)

@@ -14,7 +14,17 @@ import numpy as np
 import optax
 
 import jaxdescent as jd
-from benchmarks.common import Size, block, case_record, compile_clock, entry, measure, target
+from benchmarks.common import (
+    Size,
+    block,
+    case_record,
+    compile_clock,
+    entry,
+    fresh_value,
+    measure,
+    measure_fresh,
+    target,
+)
 
 LEARNING_RATE = 1e-3
 
@@ -64,9 +74,9 @@ def logistic_loss(params, batch):
 # --- competitors --------------------------------------------------------------------------
 
 
-def scan_runner(loss, steps: int):
+def scan_runner(loss, steps: int, learning_rate: float = LEARNING_RATE):
     """A hand-written ``lax.scan`` over ``optax.adam`` steps, jitted whole."""
-    opt = optax.adam(LEARNING_RATE)
+    opt = optax.adam(learning_rate)
 
     @jax.jit
     def run(params, data):
@@ -82,9 +92,9 @@ def scan_runner(loss, steps: int):
     return run
 
 
-def python_loop_runner(loss, steps: int):
+def python_loop_runner(loss, steps: int, learning_rate: float = LEARNING_RATE):
     """The usual optax loop: a jitted step called from Python (losses kept, no host sync)."""
-    opt = optax.adam(LEARNING_RATE)
+    opt = optax.adam(learning_rate)
 
     @jax.jit
     def step(p, s, data):
@@ -148,6 +158,41 @@ def _final_loss(loss, params, data) -> float:
     return float(loss(params, data))
 
 
+def fresh_rows(loss, params, data, steps: int, repeats: int, fit_t) -> list[dict]:
+    """Rows for a fresh optimizer per call, as a Python sweep over learning rates makes one
+    (call ``i`` uses :func:`benchmarks.common.fresh_value`): ``jd.fit`` with a new
+    ``jd.optim.adam(lr)`` (a new value: the compiled loop is reused), ``jd.fit`` with a new
+    but equal ``optax.adam`` (reused too), and the hand-written scan and optax Python loop,
+    each jitted over a closure that holds the new ``optax.adam(lr)`` (compiled again each
+    call). ``ratio_this_over_fit`` is against ``fit_t``, the warm ``jd.fit``."""
+
+    def jd_fresh(i):
+        opt = jd.optim.adam(fresh_value(LEARNING_RATE, i))
+        return jd.fit(loss, params, opt, data=data, steps=steps)
+
+    def jd_equal_optax(i):
+        return jd.fit(loss, params, optax.adam(LEARNING_RATE), data=data, steps=steps)
+
+    def scan_fresh(i):
+        return scan_runner(loss, steps, fresh_value(LEARNING_RATE, i))(params, data)
+
+    def loop_fresh(i):
+        return python_loop_runner(loss, steps, fresh_value(LEARNING_RATE, i))(params, data)
+
+    # the first call of an equal optax.adam compiles (a new configuration); then it is reused
+    jd_equal_optax(-1)
+    rows = []
+    for name, call, count in (
+        ("jd.fit, a fresh jd.optim.adam(lr) per call", jd_fresh, repeats),
+        ("jd.fit, a fresh equal optax.adam per call", jd_equal_optax, repeats),
+        ("lax.scan, a fresh optax.adam(lr) per call", scan_fresh, max(1, repeats // 2)),
+        ("optax Python loop, a fresh optax.adam(lr) per call", loop_fresh, max(1, repeats // 2)),
+    ):
+        t = measure_fresh(call, count)
+        rows.append(entry(name, t, ratio_this_over_fit=t.median_s / fit_t.median_s))
+    return rows
+
+
 # --- cases --------------------------------------------------------------------------------
 
 
@@ -208,6 +253,11 @@ def case1(size: Size) -> dict:
         targets.append(
             target("torch / fit >= 3", torch_t.median_s / fit_t.median_s, 3.0, at_most=False)
         )
+        notes = (
+            "torch.optim.Adam is built afresh in every call (PyTorch compiles nothing), so its "
+            "row is also its fresh-optimizer row."
+        )
+    rows += fresh_rows(mlp_loss, params, data, steps, r, fit_t)
     return case_record(
         1,
         f"Small MLP ({n} x 8 -> 64 -> 64 -> 1, MSE, Adam, {steps} full-batch steps)",
@@ -250,6 +300,7 @@ def case2(size: Size) -> dict:
             per_step_us=1e6 * loop_t.median_s / steps,
         ),
     ]
+    rows += fresh_rows(logistic_loss, params, data, steps, r, fit_t)
     targets = [
         target("Python loop / fit >= 7", ratio, 7.0, at_most=False),
         target("Python loop / fit >= 10 (stretch)", ratio, 10.0, at_most=False),

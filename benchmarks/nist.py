@@ -31,7 +31,16 @@ import jax.numpy as jnp
 import numpy as np
 
 import jaxdescent as jd
-from benchmarks.common import Size, Timing, case_record, entry, measure, missing_peers, target
+from benchmarks.common import (
+    Size,
+    Timing,
+    case_record,
+    entry,
+    measure,
+    measure_fresh,
+    missing_peers,
+    target,
+)
 
 STEPS = 2000
 TOL = 1e-12
@@ -85,15 +94,24 @@ def _per_model(problems: list[_Problem], build: Callable) -> dict[Callable, obje
 # --- the solvers: each runs the whole suite and returns [(params, iterations), ...] ---------
 
 
-def _jd_suite(problems: list[_Problem], rule: Callable) -> Callable[[], list]:
+def _jd_suite(problems: list[_Problem], rule: Callable) -> Callable[..., list]:
+    """The suite with one rule object; ``run(fresh=True)`` builds a new (equal) rule for every
+    fit instead, with the same loss objects."""
     losses = _per_model(problems, lambda m: jd.losses.nll(m, jd.likelihoods.Gaussian()))
     opt = rule()
 
-    def run():
+    def run(fresh: bool = False):
         out = []
         for p in problems:
             for x0 in p.starts:
-                r = jd.fit(losses[p.model], x0, opt, data=p.data, steps=STEPS, tol=TOL)
+                r = jd.fit(
+                    losses[p.model],
+                    x0,
+                    rule() if fresh else opt,
+                    data=p.data,
+                    steps=STEPS,
+                    tol=TOL,
+                )
                 out.append((r.params, r.steps_taken))
         return out
 
@@ -214,8 +232,12 @@ def case8(size: Size) -> dict:
             if skipped:
                 rows.append(entry(name, None, skipped=skipped))
                 continue
-            timing = measure(make(), repeats)
+            run = make()
+            timing = measure(run, repeats)
             rows.append(_row(name, timing, problems, labels, lres))
+            if name.startswith("jd "):  # the same suite with a rule built for every fit
+                fresh = measure_fresh(lambda i, run=run: run(fresh=True), 1)
+                rows[-1]["fresh_rules_median_s"] = fresh.median_s
 
     by_name = {row["method"]: row for row in rows if "skipped" not in row}
     lm = by_name["jd levenberg_marquardt"]
@@ -250,7 +272,8 @@ def case8(size: Size) -> dict:
             f"call. jaxdescent: jd.fit(nll(model, Gaussian()), steps={STEPS}, tol={TOL:g}) "
             f"(gradient-norm stop), one loss object per model function, so "
             f"{programs} distinct programs per rule for {len(problems)} problems; iterations "
-            f"= steps taken, summed. scipy: trf, exact Jacobian (jax.jacfwd, jitted, to "
+            f"= steps taken, summed; fresh_rules_median_s = a warm suite with the rule built "
+            f"afresh for every fit (the compiled programs are reused). scipy: trf, exact Jacobian (jax.jacfwd, jitted, to "
             f"NumPy), x/f/gtol {SCIPY_TOL:g}, max_nfev {STEPS}; iterations = residual "
             f"evaluations. "
             + (

@@ -143,7 +143,7 @@ def case_markdown(record: dict) -> str:
     lines.append("|" + "---|" * len(header))
     for row in rows:
         cells = [row["method"], *(_fmt_time(row.get(k)) for k in _TIME_KEYS)]
-        cells += [_fmt(row.get(k)) for k in extra]
+        cells += [_fmt_time(row.get(k)) if k.endswith("_s") else _fmt(row.get(k)) for k in extra]
         lines.append("| " + " | ".join(cells) + " |")
     lines.append("")
     if record.get("curve"):

@@ -31,11 +31,32 @@ def _check_record(record: dict, number: int) -> None:
         for key in ("median_s", "compile_s"):
             if key in row:
                 assert math.isfinite(row[key]) and row[key] >= 0, (row["method"], key, row[key])
+    _check_fresh(record)
     for t in record["targets"]:
         assert math.isfinite(t["ratio"]) and t["ratio"] > 0
         assert t["met"] == (
             t["ratio"] <= t["threshold"] if t["at_most"] else t["ratio"] >= t["threshold"]
         )
+
+
+def _check_fresh(record: dict) -> None:
+    """A case's fresh-optimizer figures: jaxdescent's calls with a new optimizer object
+    compile nothing, while a hand-written loop jitted over a closure holding a new optax rule
+    compiles again (cases 1-4); cases 5, 6 and 8 give a fresh-rule time beside each jd row."""
+    fresh = [row for row in record["rows"] if "a fresh" in row["method"]]
+    if record["case"] in (1, 2, 3, 4):
+        assert any(row["method"].startswith("jd.") for row in fresh), record["case"]
+    for row in fresh:
+        if row["method"].startswith("jd."):
+            assert row["compile_s"] == 0.0, row
+        else:
+            assert row["compile_s"] > 0.0, row
+    if record["case"] in (5, 6, 8):  # every jaxdescent row (case 8: "jd <rule>")
+        key = "fresh_rules_median_s" if record["case"] == 8 else "fresh_rule_median_s"
+        ours = [
+            row for row in record["rows"] if record["case"] != 8 or row["method"].startswith("jd ")
+        ]
+        assert ours and all(math.isfinite(row[key]) and row[key] > 0 for row in ours)
 
 
 @pytest.mark.parametrize("number", [1, 3, 4, 5, 6, 7, 8])
