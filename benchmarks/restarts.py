@@ -130,9 +130,10 @@ def case3(size: Size) -> dict:
     # a fresh optimizer per call, as a Python sweep over learning rates makes one: multistart
     # reuses its compiled loop; the hand-written vmap, jitted over a closure holding the new
     # optax.adam, is compiled again each call
-    for name, call in (
+    for name, count, call in (
         (
             f"jd.multistart, a fresh jd.optim.adam(lr) per call ({restarts} restarts)",
+            r,
             lambda i: jd.multistart(
                 init,
                 rosenbrock,
@@ -144,10 +145,11 @@ def case3(size: Size) -> dict:
         ),
         (
             f"jitted vmap of lax.scan, a fresh optax.adam(lr) per call ({restarts} restarts)",
+            max(1, r // 2),  # each call compiles
             lambda i: vmapped_scan_runner(steps, fresh_value(LEARNING_RATE, i))(init_keys),
         ),
     ):
-        t = measure_fresh(call, max(1, r // 2))
+        t = measure_fresh(call, count)
         rows.append(
             entry(
                 name,
