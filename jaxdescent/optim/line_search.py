@@ -37,17 +37,21 @@ class BacktrackingLineSearchState(NamedTuple):
 
 
 def tree_vdot(a: Any, b: Any) -> jax.Array:
-    """``sum_i <a_i, b_i>`` over the leaves of two trees of the same structure."""
-    return sum(jnp.vdot(x, y) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+    """``sum_i <a_i, b_i>`` over the leaves of two trees of the same structure
+    (``optax.tree.vdot``)."""
+    return optax.tree.vdot(a, b)
 
 
 def tree_axpy(t: jax.Array, x: Any, y: Any) -> Any:
-    """``t * x + y`` leaf by leaf, keeping the dtype of ``y``."""
+    """``t * x + y`` leaf by leaf, keeping the dtype of ``y`` (``t`` is cast to it first;
+    ``optax.tree.add_scale`` would promote a float32 tree by a float64 ``t`` under x64)."""
     return jax.tree.map(lambda a, b: (jnp.asarray(t, b.dtype) * a + b).astype(b.dtype), x, y)
 
 
 def tree_dtype(tree: Any) -> Any:
-    """The floating dtype all leaves of ``tree`` promote to."""
+    """The floating dtype all leaves of ``tree`` promote to (``optax.tree.dtype(tree,
+    "promote")`` without its ``jnp.asarray`` of each leaf, a device transfer per NumPy leaf
+    when a rule's ``init`` runs on the host)."""
     return jnp.result_type(*jax.tree.leaves(tree))
 
 
