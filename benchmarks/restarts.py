@@ -30,14 +30,17 @@ def init(key):
     return jax.random.uniform(key, (2,), jnp.float32, -2.0, 2.0)
 
 
-def _scan_from(key, opt, steps: int):
+def _scan_from(key, opt, steps: int, norms: bool = False):
+    """One restart's ``lax.scan``: ``(final params, losses)``, or with ``norms`` also the
+    gradient norms (``(final params, (losses, norms))``, what ``multistart`` records)."""
     x = init(key)
 
     def body(carry, _):
         p, s = carry
         value, g = jax.value_and_grad(rosenbrock)(p)
         u, s = opt.update(g, s, p)
-        return (optax.apply_updates(p, u), s), value
+        out = (value, jnp.sqrt(jnp.sum(g * g))) if norms else value
+        return (optax.apply_updates(p, u), s), out
 
     (p, _), values = jax.lax.scan(body, (x, opt.init(x)), None, length=steps)
     return p, values
@@ -49,10 +52,10 @@ def single_scan_runner(steps: int):
     return jax.jit(lambda key: _scan_from(key, opt, steps))
 
 
-def vmapped_scan_runner(steps: int, learning_rate: float = LEARNING_RATE):
+def vmapped_scan_runner(steps: int, learning_rate: float = LEARNING_RATE, norms: bool = False):
     """All restarts as one jitted ``vmap`` of the ``lax.scan`` (the hand-written batch)."""
     opt = optax.adam(learning_rate)
-    return jax.jit(jax.vmap(lambda key: _scan_from(key, opt, steps)))
+    return jax.jit(jax.vmap(lambda key: _scan_from(key, opt, steps, norms)))
 
 
 def case3(size: Size) -> dict:
@@ -82,6 +85,8 @@ def case3(size: Size) -> dict:
     scan_loop_t = measure(loop_scan, max(3, r // 2))
     vmapped = vmapped_scan_runner(steps)
     vmap_t = measure(lambda: vmapped(init_keys), r)
+    vmapped_norms = vmapped_scan_runner(steps, norms=True)
+    vmap_norms_t = measure(lambda: vmapped_norms(init_keys), r)
     fit_loop_t = measure(loop_fit, max(3, r // 2))
     # the same runs: restart i of multistart equals fit from init(init_keys[i])
     agree = float(
@@ -112,6 +117,12 @@ def case3(size: Size) -> dict:
             max_abs_diff_vs_multistart=float(
                 jnp.max(jnp.abs(multi_t.result.params - vmap_t.result[0]))
             ),
+        ),
+        entry(
+            f"jitted vmap of lax.scan recording gradient norms too ({restarts} restarts)",
+            vmap_norms_t,
+            per_restart_us=1e6 * vmap_norms_t.median_s / restarts,
+            ratio_multistart_over_this=multi_t.median_s / vmap_norms_t.median_s,
         ),
         entry(
             f"Python loop of jitted lax.scan runs ({loop_subset} runs, scaled)",
@@ -191,8 +202,9 @@ def case3(size: Size) -> dict:
             "The loops run a subset of the same starts and are scaled per restart. "
             "The time curve is jd.multistart alone, one compiled program per restart count. "
             "The jitted vmap of lax.scan (the same starts, optax.adam) records each restart's "
-            "losses; jd.multistart also records gradient norms and checks each restart's step "
-            "(finite, tol, budget) so that restarts can end at different steps."
+            "losses (the second vmap row also their gradient norms, as jd.multistart does); "
+            "jd.multistart also checks each restart's step (finite, tol, budget) so that "
+            "restarts can end at different steps."
         ),
         params={
             "restarts": restarts,
