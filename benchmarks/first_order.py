@@ -154,6 +154,35 @@ def torch_mlp_runner(params, data, steps: int):
     return run, torch.__version__, torch.get_num_threads()
 
 
+def torch_logistic_runner(params, data, steps: int):
+    """``torch.optim.Adam`` on the same logistic regression on CPU, or None without torch.
+    The loss is ``mean(softplus(z) - y z)`` for ``z = x w + b``, as :func:`logistic_loss`."""
+    try:
+        import torch
+    except ImportError:
+        return None
+    x = torch.from_numpy(np.array(data[0]))
+    y = torch.from_numpy(np.array(data[1]))
+    w0 = torch.from_numpy(np.array(params["w"]))
+    b0 = torch.from_numpy(np.array(params["b"]))
+
+    def run():
+        w = w0.clone().requires_grad_(True)
+        b = b0.clone().requires_grad_(True)
+        opt = torch.optim.Adam([w, b], lr=LEARNING_RATE, betas=(0.9, 0.999), eps=1e-8)
+        losses = torch.empty(steps)
+        for i in range(steps):
+            opt.zero_grad(set_to_none=True)
+            z = x @ w + b
+            value = torch.mean(torch.nn.functional.softplus(z) - y * z)
+            value.backward()
+            opt.step()
+            losses[i] = value.detach()
+        return {"w": w.detach().numpy(), "b": b.detach().numpy()}, losses
+
+    return run, torch.__version__, torch.get_num_threads()
+
+
 def _final_loss(loss, params, data) -> float:
     return float(loss(params, data))
 
@@ -300,6 +329,30 @@ def case2(size: Size) -> dict:
             per_step_us=1e6 * loop_t.median_s / steps,
         ),
     ]
+    notes = ""
+    torch_run = torch_logistic_runner(params, data, steps)
+    if torch_run is None:
+        notes = "torch not installed: the torch.optim.Adam row is skipped."
+        rows.append(entry("torch.optim.Adam (CPU)", None, skipped="torch not installed"))
+    else:
+        run_torch, torch_version, threads = torch_run
+        torch_t = measure(run_torch, max(1, r // 2) if size.full else r)
+        fl = _final_loss(logistic_loss, jax.tree.map(jnp.asarray, torch_t.result[0]), data)
+        rows.append(
+            entry(
+                "torch.optim.Adam (CPU)",
+                torch_t,
+                final_loss=fl,
+                ratio_this_over_fit=torch_t.median_s / fit_t.median_s,
+                per_step_us=1e6 * torch_t.median_s / steps,
+                torch=torch_version,
+                torch_threads=threads,
+            )
+        )
+        notes = (
+            "torch.optim.Adam is built afresh in every call (PyTorch compiles nothing), so its "
+            "row is also its fresh-optimizer row."
+        )
     rows += fresh_rows(logistic_loss, params, data, steps, r, fit_t)
     targets = [
         target("Python loop / fit >= 7", ratio, 7.0, at_most=False),
@@ -310,6 +363,7 @@ def case2(size: Size) -> dict:
         f"Tiny logistic regression (n = 256, d = 10, Adam, {steps} steps)",
         rows,
         targets=targets,
+        notes=notes,
         params={"n": 256, "d": 10, "steps": steps, "learning_rate": LEARNING_RATE},
     )
 

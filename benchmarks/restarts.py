@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 import jaxdescent as jd
@@ -56,6 +57,32 @@ def vmapped_scan_runner(steps: int, learning_rate: float = LEARNING_RATE, norms:
     """All restarts as one jitted ``vmap`` of the ``lax.scan`` (the hand-written batch)."""
     opt = optax.adam(learning_rate)
     return jax.jit(jax.vmap(lambda key: _scan_from(key, opt, steps, norms)))
+
+
+def torch_restarts_runner(starts, steps: int):
+    """``torch.optim.Adam`` on all restarts at once, or None without torch: the restarts'
+    params are one ``(restarts, 2)`` tensor and the loss their summed Rosenbrock values, so
+    each restart's gradient is its own and Adam (elementwise) runs each restart on its own,
+    as ``multistart`` does."""
+    try:
+        import torch
+    except ImportError:
+        return None
+    x0 = torch.from_numpy(np.array(starts))
+
+    def run():
+        x = x0.clone().requires_grad_(True)
+        opt = torch.optim.Adam([x], lr=LEARNING_RATE, betas=(0.9, 0.999), eps=1e-8)
+        losses = torch.empty(steps, x0.shape[0])
+        for i in range(steps):
+            opt.zero_grad(set_to_none=True)
+            values = (1.0 - x[:, 0]) ** 2 + 100.0 * (x[:, 1] - x[:, 0] ** 2) ** 2
+            values.sum().backward()
+            opt.step()
+            losses[i] = values.detach()
+        return x.detach().numpy(), losses
+
+    return run, torch.__version__, torch.get_num_threads()
 
 
 def case3(size: Size) -> dict:
@@ -138,6 +165,25 @@ def case3(size: Size) -> dict:
             max_abs_diff_vs_multistart=agree,
         ),
     ]
+    torch_run = torch_restarts_runner(jax.vmap(init)(init_keys), steps)
+    if torch_run is None:
+        rows.append(entry("torch.optim.Adam (CPU)", None, skipped="torch not installed"))
+    else:
+        run_torch, torch_version, threads = torch_run
+        torch_t = measure(run_torch, max(3, r // 2))
+        rows.append(
+            entry(
+                f"torch.optim.Adam on a ({restarts}, 2) tensor (CPU)",
+                torch_t,
+                per_restart_us=1e6 * torch_t.median_s / restarts,
+                ratio_this_over_multistart=torch_t.median_s / multi_t.median_s,
+                max_abs_diff_vs_multistart=float(
+                    np.max(np.abs(torch_t.result[0] - np.asarray(multi_t.result.params)))
+                ),
+                torch=torch_version,
+                torch_threads=threads,
+            )
+        )
     # a fresh optimizer per call, as a Python sweep over learning rates makes one: multistart
     # reuses its compiled loop; the hand-written vmap, jitted over a closure holding the new
     # optax.adam, is compiled again each call
@@ -204,7 +250,9 @@ def case3(size: Size) -> dict:
             "The jitted vmap of lax.scan (the same starts, optax.adam) records each restart's "
             "losses (the second vmap row also their gradient norms, as jd.multistart does); "
             "jd.multistart also checks each restart's step (finite, tol, budget) so that "
-            "restarts can end at different steps."
+            "restarts can end at different steps. torch.optim.Adam runs all restarts as one "
+            "(restarts, 2) tensor with the summed loss (Adam is elementwise, so each restart "
+            "is its own run), built afresh in every call."
         ),
         params={
             "restarts": restarts,
