@@ -129,8 +129,8 @@ def measure_fresh(call: Callable[[int], Any], repeats: int) -> Timing:
     """Time ``repeats`` calls ``call(0), call(1), ...`` that each build their optimizer
     afresh (inside the timed call, usually with a hyperparameter that differs call to call),
     as a user sweeping a learning rate from Python does. There is no warm-up: what a call
-    compiles is what a fresh object costs. ``compile_s`` is the median per call,
-    ``first_call_s`` the first call's time."""
+    compiles is what a fresh object costs. ``compile_s`` is the most any of the calls
+    compiled (zero: none compiled anything), ``first_call_s`` the first call's time."""
     runs, compiles = [], []
     result = None
     for i in range(max(1, repeats)):
@@ -139,7 +139,7 @@ def measure_fresh(call: Callable[[int], Any], repeats: int) -> Timing:
             result = block(call(i))
             runs.append(time.perf_counter() - t0)
             compiles.append(compiled())
-    return Timing(statistics.median(runs), runs, runs[0], statistics.median(compiles), result)
+    return Timing(statistics.median(runs), runs, runs[0], max(compiles), result)
 
 
 def fresh_value(base: float, i: int) -> float:

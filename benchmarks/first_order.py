@@ -191,7 +191,8 @@ def fresh_rows(loss, params, data, steps: int, repeats: int, fit_t) -> list[dict
     """Rows for a fresh optimizer per call, as a Python sweep over learning rates makes one
     (call ``i`` uses :func:`benchmarks.common.fresh_value`): ``jd.fit`` with a new
     ``jd.optim.adam(lr)`` (a new value: the compiled loop is reused), ``jd.fit`` with a new
-    but equal ``optax.adam`` (reused too), and the hand-written scan and optax Python loop,
+    but equal ``optax.adam`` (reused too, after one untimed call that compiles its
+    configuration), and the hand-written scan and optax Python loop,
     each jitted over a closure that holds the new ``optax.adam(lr)`` (compiled again each
     call). ``ratio_this_over_fit`` is against ``fit_t``, the warm ``jd.fit``."""
 
@@ -208,7 +209,8 @@ def fresh_rows(loss, params, data, steps: int, repeats: int, fit_t) -> list[dict
     def loop_fresh(i):
         return python_loop_runner(loss, steps, fresh_value(LEARNING_RATE, i))(params, data)
 
-    # the first call of an equal optax.adam compiles (a new configuration); then it is reused
+    # the first call of an equal optax.adam compiles (a new configuration, not jd's adam), so
+    # it is made once untimed: the row shows the calls after it, each with a new object
     jd_equal_optax(-1)
     rows = []
     for name, call, count in (

@@ -236,8 +236,9 @@ def case8(size: Size) -> dict:
             timing = measure(run, repeats)
             rows.append(_row(name, timing, problems, labels, lres))
             if name.startswith("jd "):  # the same suite with a rule built for every fit
-                fresh = measure_fresh(lambda i, run=run: run(fresh=True), 1)
+                fresh = measure_fresh(lambda i, run=run: run(fresh=True), repeats)
                 rows[-1]["fresh_rules_median_s"] = fresh.median_s
+                rows[-1]["fresh_rules_compile_s"] = fresh.compile_s
 
     by_name = {row["method"]: row for row in rows if "skipped" not in row}
     lm = by_name["jd levenberg_marquardt"]
@@ -272,8 +273,9 @@ def case8(size: Size) -> dict:
             f"call. jaxdescent: jd.fit(nll(model, Gaussian()), steps={STEPS}, tol={TOL:g}) "
             f"(gradient-norm stop), one loss object per model function, so "
             f"{programs} distinct programs per rule for {len(problems)} problems; iterations "
-            f"= steps taken, summed; fresh_rules_median_s = a warm suite with the rule built "
-            f"afresh for every fit (the compiled programs are reused). scipy: trf, exact Jacobian (jax.jacfwd, jitted, to "
+            f"= steps taken, summed; fresh_rules_median_s = a warm suite with an equal rule "
+            f"built afresh for every fit (median of {repeats}); fresh_rules_compile_s = what "
+            f"those suites compiled (zero: the compiled programs are reused). scipy: trf, exact Jacobian (jax.jacfwd, jitted, to "
             f"NumPy), x/f/gtol {SCIPY_TOL:g}, max_nfev {STEPS}; iterations = residual "
             f"evaluations. "
             + (

@@ -250,9 +250,14 @@ def case3(size: Size) -> dict:
             "The jitted vmap of lax.scan (the same starts, optax.adam) records each restart's "
             "losses (the second vmap row also their gradient norms, as jd.multistart does); "
             "jd.multistart also checks each restart's step (finite, tol, budget) so that "
-            "restarts can end at different steps. torch.optim.Adam runs all restarts as one "
-            "(restarts, 2) tensor with the summed loss (Adam is elementwise, so each restart "
-            "is its own run), built afresh in every call."
+            "restarts can end at different steps. "
+            + (
+                "torch not installed: the torch.optim.Adam row is skipped."
+                if torch_run is None
+                else "torch.optim.Adam runs all restarts as one (restarts, 2) tensor with the "
+                "summed loss (Adam is elementwise, so each restart is its own run), built "
+                "afresh in every call."
+            )
         ),
         params={
             "restarts": restarts,

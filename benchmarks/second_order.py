@@ -203,6 +203,7 @@ def case5(size: Size) -> dict:
                     name,
                     t,
                     fresh_rule_median_s=fresh.median_s,
+                    fresh_rule_compile_s=fresh.compile_s,
                     iterations=int(res.steps_taken),
                     status=jd.Status(int(res.status)).name,
                     final_grad_norm=float(jnp.linalg.norm(jax.grad(_rosenbrock)(res.params))),
@@ -218,8 +219,9 @@ def case5(size: Size) -> dict:
         notes=(
             f"Nocedal and Wright report about 21 iterations for Newton with line search; "
             f"jd.optim.newton (trust region) took {newton_iters}. A run that hits its step budget is "
-            "reported with status MAX_STEPS. fresh_rule_median_s: the same call with the rule "
-            "built afresh each time (the compiled loop is reused)."
+            "reported with status MAX_STEPS. fresh_rule_median_s: the same call with an equal "
+            "rule built afresh each time; fresh_rule_compile_s: what those calls compiled "
+            "(zero: the compiled loop is reused)."
         ),
         params={"tol": tol, "first_order_budget": budget, "newton_budget": newton_budget},
     )
@@ -264,6 +266,7 @@ def case6(size: Size) -> dict:
                 f"Newton-CG, n = {count:,}",
                 t,
                 fresh_rule_median_s=fresh.median_s,
+                fresh_rule_compile_s=fresh.compile_s,
                 parameters=count,
                 iterations=int(res.steps_taken),
                 status=jd.Status(int(res.status)).name,
@@ -280,7 +283,8 @@ def case6(size: Size) -> dict:
             "peak_memory is XLA's buffer assignment for fit's compiled loop "
             "(compiled.memory_analysis(): arguments + outputs + temporaries - aliased), "
             "i.e. device memory the solve needs, not host RSS. fresh_rule_median_s: the same "
-            "call with newton_cg built afresh each time (the compiled loop is reused)."
+            "call with an equal newton_cg built afresh each time; fresh_rule_compile_s: what "
+            "those calls compiled (zero: the compiled loop is reused)."
         ),
         params={"sizes": sizes, "tol": tol, "max_cg_steps": 50},
     )

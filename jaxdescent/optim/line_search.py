@@ -37,8 +37,8 @@ class BacktrackingLineSearchState(NamedTuple):
 
 
 def tree_vdot(a: Any, b: Any) -> jax.Array:
-    """``sum_i <a_i, b_i>`` over the leaves of two trees of the same structure
-    (``optax.tree.vdot``)."""
+    """``sum_i <a_i, b_i>`` over the leaves of two trees of the same structure and shapes
+    (``optax.tree.vdot``, optax >= 0.2.5: at ``Precision.HIGHEST`` on accelerators)."""
     return optax.tree.vdot(a, b)
 
 
