@@ -187,6 +187,33 @@ def _final_loss(loss, params, data) -> float:
     return float(loss(params, data))
 
 
+def torch_row(torch_run, loss, data, to_tree, fit_t, repeats: int, **extra):
+    """The ``torch.optim.Adam`` row of a case, from a ``torch_*_runner`` result (``None``
+    without torch: a skipped row): ``(row, timing or None, note)``. ``to_tree`` turns the
+    runner's final params into the JAX loss's params; ``extra(timing)`` callables add
+    figures computed from the timing."""
+    if torch_run is None:
+        row = entry("torch.optim.Adam (CPU)", None, skipped="torch not installed")
+        return row, None, "torch not installed: the torch.optim.Adam row is skipped."
+    run_torch, torch_version, threads = torch_run
+    torch_t = measure(run_torch, repeats)
+    final = _final_loss(loss, jax.tree.map(jnp.asarray, to_tree(torch_t.result[0])), data)
+    row = entry(
+        "torch.optim.Adam (CPU)",
+        torch_t,
+        final_loss=final,
+        ratio_this_over_fit=torch_t.median_s / fit_t.median_s,
+        **{k: f(torch_t) for k, f in extra.items()},
+        torch=torch_version,
+        torch_threads=threads,
+    )
+    note = (
+        "torch.optim.Adam is built afresh in every call (PyTorch compiles nothing), so its "
+        "row is also its fresh-optimizer row."
+    )
+    return row, torch_t, note
+
+
 def fresh_rows(loss, params, data, steps: int, repeats: int, fit_t) -> list[dict]:
     """Rows for a fresh optimizer per call, as a Python sweep over learning rates makes one
     (call ``i`` uses :func:`benchmarks.common.fresh_value`): ``jd.fit`` with a new
@@ -262,31 +289,14 @@ def case1(size: Size) -> dict:
             at_most=True,
         )
     ]
-    torch_run = torch_mlp_runner(params, data, steps)
-    notes = ""
-    if torch_run is None:
-        notes = "torch not installed: the torch.optim.Adam row is skipped."
-        rows.append(entry("torch.optim.Adam (CPU)", None, skipped="torch not installed"))
-    else:
-        run_torch, torch_version, threads = torch_run
-        torch_t = measure(run_torch, max(1, r // 2) if size.full else r)
-        fl = float(mlp_loss(jax.tree.map(jnp.asarray, _torch_to_tree(torch_t.result[0])), data))
-        rows.append(
-            entry(
-                "torch.optim.Adam (CPU)",
-                torch_t,
-                final_loss=fl,
-                torch=torch_version,
-                torch_threads=threads,
-                ratio_this_over_fit=torch_t.median_s / fit_t.median_s,
-            )
-        )
+    repeats = max(1, r // 2) if size.full else r
+    row, torch_t, notes = torch_row(
+        torch_mlp_runner(params, data, steps), mlp_loss, data, _torch_to_tree, fit_t, repeats
+    )
+    rows.append(row)
+    if torch_t is not None:
         targets.append(
             target("torch / fit >= 3", torch_t.median_s / fit_t.median_s, 3.0, at_most=False)
-        )
-        notes = (
-            "torch.optim.Adam is built afresh in every call (PyTorch compiles nothing), so its "
-            "row is also its fresh-optimizer row."
         )
     rows += fresh_rows(mlp_loss, params, data, steps, r, fit_t)
     return case_record(
@@ -331,30 +341,16 @@ def case2(size: Size) -> dict:
             per_step_us=1e6 * loop_t.median_s / steps,
         ),
     ]
-    notes = ""
-    torch_run = torch_logistic_runner(params, data, steps)
-    if torch_run is None:
-        notes = "torch not installed: the torch.optim.Adam row is skipped."
-        rows.append(entry("torch.optim.Adam (CPU)", None, skipped="torch not installed"))
-    else:
-        run_torch, torch_version, threads = torch_run
-        torch_t = measure(run_torch, max(1, r // 2) if size.full else r)
-        fl = _final_loss(logistic_loss, jax.tree.map(jnp.asarray, torch_t.result[0]), data)
-        rows.append(
-            entry(
-                "torch.optim.Adam (CPU)",
-                torch_t,
-                final_loss=fl,
-                ratio_this_over_fit=torch_t.median_s / fit_t.median_s,
-                per_step_us=1e6 * torch_t.median_s / steps,
-                torch=torch_version,
-                torch_threads=threads,
-            )
-        )
-        notes = (
-            "torch.optim.Adam is built afresh in every call (PyTorch compiles nothing), so its "
-            "row is also its fresh-optimizer row."
-        )
+    row, _, notes = torch_row(
+        torch_logistic_runner(params, data, steps),
+        logistic_loss,
+        data,
+        lambda p: p,
+        fit_t,
+        max(1, r // 2) if size.full else r,
+        per_step_us=lambda t: 1e6 * t.median_s / steps,
+    )
+    rows.append(row)
     rows += fresh_rows(logistic_loss, params, data, steps, r, fit_t)
     targets = [
         target("Python loop / fit >= 7", ratio, 7.0, at_most=False),
