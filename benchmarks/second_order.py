@@ -12,7 +12,8 @@ import optax
 
 import jaxdescent as jd
 from benchmarks.common import Size, case_record, entry, measure, measure_fresh, needs, target
-from jaxdescent._engine import loop as _engine
+from jaxdescent._engine import core as _core
+from jaxdescent._engine import programs as _programs
 
 # --- case 4: Newton on logistic regression -------------------------------------------------
 
@@ -292,11 +293,12 @@ def case6(size: Size) -> dict:
 
 def _compiled_memory(loss, opt, x0, data, steps: int) -> float | None:
     """Bytes XLA assigns to fit's compiled chunk for this problem (None if unavailable)."""
-    chunk = _engine.compiled(loss, opt, None, steps, False)
-    carry = _engine.init_carry(x0, opt.init(x0), jax.random.key(0), 0, None)
+    spec = _core.Spec(None, 0, 1, _core.rows_for(steps, 1))
+    program = _programs.loop(loss, opt, spec)
+    state = _core.init_state(x0, opt.init(x0), jax.random.key(0), spec)
     try:
         stats = (
-            chunk.lower(carry, data, jnp.asarray(1e-6), steps, steps, steps)
+            program.lower((loss, opt), state, data, jnp.asarray(1e-6), steps, steps)
             .compile()
             .memory_analysis()
         )

@@ -24,6 +24,7 @@ from jaxdescent import (
 from jaxdescent._engine.cache import clear_cache
 from jaxdescent.multistart import distinct_minima, multistart, restart_keys
 from jaxdescent.results import FitResult, Minima, MultistartResult, Status
+from jaxdescent.solver import Solution, solve
 from jaxdescent.train import fit, make_step
 
 __version__ = "0.1.0"
@@ -32,6 +33,7 @@ __all__ = [
     "FitResult",
     "Minima",
     "MultistartResult",
+    "Solution",
     "Status",
     "__version__",
     "checkpoint",
@@ -53,4 +55,5 @@ __all__ = [
     "restart_keys",
     "results",
     "schedules",
+    "solve",
 ]

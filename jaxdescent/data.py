@@ -42,7 +42,9 @@ def check_data(data: Any) -> int:
         if len(shape) == 0:
             raise ValueError(f"{where} must have a leading example axis; got a scalar of shape ()")
         sizes[where] = shape[0]
-        dtype = getattr(leaf, "dtype", np.asarray(leaf).dtype)
+        dtype = getattr(leaf, "dtype", None)
+        if dtype is None:
+            dtype = np.asarray(leaf).dtype
         if np.issubdtype(dtype, np.floating) and not isinstance(leaf, jax.core.Tracer):
             # an accelerator's arrays are checked where they are (only a bad leaf is copied
             # to the host); host arrays with NumPy, which compiles nothing per shape

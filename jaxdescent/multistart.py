@@ -19,7 +19,8 @@ import numpy as np
 import optax
 
 from jaxdescent._checks import check_bool, check_callable, check_int, check_nonnegative
-from jaxdescent._engine.cache import cached, owner_ref
+from jaxdescent._engine import core
+from jaxdescent._engine.cache import Traced, cached, owner_ref
 from jaxdescent._engine.checks import (
     as_key,
     aux_at,
@@ -27,10 +28,11 @@ from jaxdescent._engine.checks import (
     check_problem,
     check_record_every,
     device_mesh,
+    refuse_traced,
     scalar_loss,
+    traced_error,
 )
 from jaxdescent._engine.driver import check_chunk, drive, warn_nonfinite
-from jaxdescent._engine.loop import init_carry
 from jaxdescent.optim._common import check_hyperparam, host_state
 from jaxdescent.results import Minima, MultistartResult
 
@@ -92,6 +94,7 @@ def multistart(
       A :class:`MultistartResult` with ``best_index`` and ``best_params``.
     """
     started = time.perf_counter()
+    refuse_traced("multistart", data, key, hyperparams)
     check_callable("init", init)
     check_optimizer(optimizer)
     restarts = check_int("restarts", restarts, minimum=1)
@@ -110,7 +113,10 @@ def multistart(
         check_callable("callback", callback)
     value_loss = scalar_loss(loss) if has_aux else loss
     init_keys, fit_keys = restart_keys(key, restarts)
-    draw, params_shape = _drawer(init, init_keys.dtype)
+    try:
+        draw, params_shape = _drawer(init, init_keys.dtype)
+    except Traced:
+        raise traced_error("multistart") from None
     # NumPy: the checks only trace with it, and ``init`` may build its state from it
     example = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), params_shape)
     n = check_problem(value_loss, example, data, batch_size, steps, tol, name="init(key)")
@@ -128,16 +134,17 @@ def multistart(
 
     params = draw(init_keys)
     opt_state = _stacked_state(optimizer, params, example, restarts)
-    carry = init_carry(params, opt_state, fit_keys, n, batch_size, runs=(restarts,))
     if hyperparams:
-        opt_state = _inject(carry.opt_state, hyperparams, restarts)
-        carry = carry._replace(opt_state=opt_state, prev_opt_state=opt_state)
+        opt_state = _inject(opt_state, hyperparams, restarts)
+    state = core.init_state(
+        params, opt_state, fit_keys, core.Spec(batch_size, n, every, 0), runs=(restarts,)
+    )
     if shard:
         mesh = device_mesh("restarts")
         spec = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("restarts"))
-        carry = jax.device_put(carry, spec)
-    carry, (losses, norms), final, final_norms, traced = drive(
-        carry,
+        state = jax.device_put(state, spec)
+    state, (losses, norms), traced = drive(
+        state,
         data,
         loss=value_loss,
         optimizer=optimizer,
@@ -150,23 +157,24 @@ def multistart(
         record_every=every,
         trace=trace,
         callback=callback,
+        caller="multistart",
     )
     aux = None
     if has_aux:
-        aux = jax.vmap(lambda p: aux_at(loss, p, data))(carry.params)
-    warn_nonfinite(carry, losses, norms, every)
-    jax.block_until_ready(carry.params)
+        aux = jax.vmap(lambda p: aux_at(loss, p, data))(state.params)
+    warn_nonfinite(state, losses, norms, every)
+    jax.block_until_ready(state.params)
     return MultistartResult(
-        params=carry.params,
-        opt_state=carry.opt_state,
+        params=state.params,
+        opt_state=state.opt_state,
         losses=losses,
         grad_norms=norms,
-        steps_taken=carry.updates,
-        status=carry.status,
-        final_losses=final,
+        steps_taken=state.updates,
+        status=state.status,
+        final_losses=state.loss,
         init_keys=init_keys,
         fit_keys=fit_keys,
-        final_grad_norms=final_norms,
+        final_grad_norms=state.grad_norm,
         aux=aux,
         trace=traced,
         wall_time=time.perf_counter() - started,

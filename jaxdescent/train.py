@@ -1,8 +1,9 @@
-"""``fit``: a whole optimisation run as compiled XLA programs.
+"""``fit``: a whole optimisation run, driven from the host.
 
-The run is a ``lax.while_loop`` over steps inside jit, in chunks of ``chunk_size`` steps
-that reuse one compiled program; Python runs only between chunks (progress bar, checkpoints,
-early exit). Mini-batches are drawn on device (:mod:`jaxdescent.data`).
+The run is the core loop of :func:`jaxdescent.solve` (one ``lax.while_loop`` over steps),
+compiled once per configuration and run in chunks of ``chunk_size`` steps; Python runs only
+between chunks (progress bar, callbacks, traces, checkpoints). Mini-batches are drawn on
+device (:mod:`jaxdescent.data`).
 """
 
 from __future__ import annotations
@@ -16,12 +17,14 @@ import jax
 import optax
 
 from jaxdescent._checks import check_bool, check_callable, check_int
+from jaxdescent._engine import core
 from jaxdescent._engine.checks import (
     as_key,
     aux_at,
     check_optimizer,
     check_problem,
     check_record_every,
+    refuse_traced,
     scalar_loss,
     shard_examples,
 )
@@ -32,8 +35,7 @@ from jaxdescent._engine.driver import (
     drive,
     warn_nonfinite,
 )
-from jaxdescent._engine.loop import init_carry
-from jaxdescent._engine.loop import make_step as _make_step
+from jaxdescent._engine.step import make_step as _make_step
 from jaxdescent.optim._common import host_state
 from jaxdescent.results import FitResult, Status
 
@@ -147,6 +149,7 @@ def fit(
       ('CONVERGED', [3.0, 3.0])
     """
     started = time.perf_counter()
+    refuse_traced("fit", params, data, key)
     check_optimizer(optimizer)
     has_aux = check_bool("has_aux", has_aux)
     progress = check_bool("progress", progress)
@@ -168,9 +171,10 @@ def fit(
         data = shard_examples(data, n)
     with host_state():  # NumPy leaves, passed to the compiled loop as they are
         opt_state = optimizer.init(params)
-    carry = init_carry(params, opt_state, key, n, batch_size)
-    carry, (losses, norms), final, final_norm, traced = drive(
-        carry,
+    spec = core.Spec(batch_size, n, every, 0)
+    state = core.init_state(params, opt_state, key, spec)
+    state, (losses, norms), traced = drive(
+        state,
         data,
         loss=value_loss,
         optimizer=optimizer,
@@ -187,18 +191,18 @@ def fit(
         trace=trace,
         callback=callback,
     )
-    aux = aux_at(loss, carry.params, data) if has_aux else None
-    warn_nonfinite(carry, losses, norms, every)
-    jax.block_until_ready(carry.params)
+    aux = aux_at(loss, state.params, data) if has_aux else None
+    warn_nonfinite(state, losses, norms, every)
+    jax.block_until_ready(state.params)
     return FitResult(
-        params=carry.params,
-        opt_state=carry.opt_state,
+        params=state.params,
+        opt_state=state.opt_state,
         losses=losses,
         grad_norms=norms,
-        steps_taken=carry.updates,
-        status=carry.status,
-        final_loss=final,
-        final_grad_norm=final_norm,
+        steps_taken=state.updates,
+        status=state.status,
+        final_loss=state.loss,
+        final_grad_norm=state.grad_norm,
         aux=aux,
         trace=traced,
         wall_time=time.perf_counter() - started,

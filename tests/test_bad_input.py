@@ -717,7 +717,7 @@ def no_loop_compile(monkeypatch):
     def refuse(*args, **kwargs):
         raise AssertionError("the training loop was compiled before the bad input was caught")
 
-    monkeypatch.setattr("jaxdescent._engine.driver.compiled", refuse)
+    monkeypatch.setattr("jaxdescent._engine.programs.loop", refuse)
 
 
 def assert_clear(excinfo, fragments):

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 import jaxdescent as jd
-import jaxdescent._engine.driver
+import jaxdescent._engine.programs
 from jaxdescent.checkpoint import CheckpointError
 
 NAME = "checkpoint.jdc"
@@ -118,7 +118,7 @@ class Interrupt(Exception):
 
 def interrupt_after(monkeypatch, chunks):
     """Make the compiled chunk raise when it is called for chunk number ``chunks + 1``."""
-    real = jaxdescent._engine.driver.compiled
+    real = jaxdescent._engine.programs.loop
     calls = []
 
     def compiled(*args, **kwargs):
@@ -132,7 +132,7 @@ def interrupt_after(monkeypatch, chunks):
 
         return counted
 
-    monkeypatch.setattr("jaxdescent._engine.driver.compiled", compiled)
+    monkeypatch.setattr("jaxdescent._engine.programs.loop", compiled)
     return calls
 
 

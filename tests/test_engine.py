@@ -5,7 +5,6 @@ record)."""
 from __future__ import annotations
 
 import gc
-import warnings
 import weakref
 from typing import NamedTuple
 
@@ -29,6 +28,22 @@ P0 = MODEL.init(jax.random.key(2))
 def full_norm(loss, params, data):
     grads = jax.grad(loss)(params, data)
     return float(jnp.sqrt(sum(jnp.sum(g**2) for g in jax.tree.leaves(grads))))
+
+
+class Traces:
+    """Counts JAX traces (jaxprs built) while active."""
+
+    def __enter__(self):
+        self.count = 0
+        jax.monitoring.register_event_duration_secs_listener(self._listen)
+        return self
+
+    def _listen(self, event, duration, **kwargs):
+        if event == "/jax/core/compile/jaxpr_trace_duration":
+            self.count += 1
+
+    def __exit__(self, *exc):
+        jax.monitoring.unregister_event_duration_listener(self._listen)
 
 
 class Compiles:
@@ -295,20 +310,20 @@ def test_a_first_fit_compiles_only_its_loop():
 
 
 def test_second_order_loops_compile_for_latency_and_small_runs_unoptimised():
-    from jaxdescent._engine import loop
+    from jaxdescent._engine import programs
 
     small = {"b": jnp.zeros(9)}, (np.zeros((250, 1)), np.zeros(250))  # a NIST problem
-    assert loop.small_run(*small, None)
+    assert programs.small_run(*small, None)
     restarts = {"b": jnp.zeros((4096, 9))}, small[1]  # restarts decide as their fits do
-    assert loop.small_run(*restarts, None, batched=True)
+    assert programs.small_run(*restarts, None, batched=True)
     big = {"w": jnp.zeros(100)}, (np.zeros((20000, 100)), np.zeros(20000))
-    assert not loop.small_run(*big, None)
-    assert loop.small_run(*big, batch_size=1)  # one example per step
+    assert not programs.small_run(*big, None)
+    assert programs.small_run(*big, batch_size=1)  # one example per step
     if jax.default_backend() == "cpu":
         lm, adam = jd.optim.levenberg_marquardt(), jd.optim.adam(1e-3)
-        assert loop._compiler_options(lm, True)["xla_backend_optimization_level"] == 0
-        assert loop._compiler_options(lm, False) == loop.LATENCY_OPTIONS
-        assert loop._compiler_options(adam, True) is None  # first-order loops: the defaults
+        assert programs.compiler_options(lm, True)["xla_backend_optimization_level"] == 0
+        assert programs.compiler_options(lm, False) == programs.LATENCY_OPTIONS
+        assert programs.compiler_options(adam, True) is None  # first-order: the defaults
 
 
 class _Count(NamedTuple):
@@ -411,9 +426,6 @@ def test_histories_cost_what_they_record():
     assert many.losses.shape == (8, int(np.max(np.asarray(many.steps_taken))) + 1)
 
 
-# --- unguarded blocks: the same run whatever their length -----------------------------------
-
-
 def _edge(x):
     # a bowl whose loss turns NaN once x[0] falls below 0.3 (SGD at 0.05 takes it from 1.0
     # down by 10% a step: step 12 is the first non-finite one)
@@ -421,89 +433,30 @@ def _edge(x):
     return jnp.where(x[0] > 0.3, value, jnp.nan)
 
 
-@pytest.mark.parametrize(
-    "end",
-    [
-        dict(steps=40, tol=0.8),  # converged at step 10
-        dict(steps=40),  # not finite at step 12
-        dict(steps=11),  # the budget
-        dict(steps=11, chunk_size=4),  # the budget, in chunks of 4
-    ],
-)
-def test_block_length_does_not_change_a_run(monkeypatch, end):
-    """One full-batch run takes its steps in unguarded blocks (``loop.block_length``) and
-    takes a block again when the run ends inside it; whatever the block length, the run is
-    the same, bit for bit, and the steps taken again are at most two blocks."""
-    from jaxdescent._engine import loop
-    from tests.conftest import Counter
-
-    runs = []
-    for length in (1, 2, 3, 4, 8, 64):
-        monkeypatch.setattr(loop, "BLOCK_RANGE", (length, length))
-        jd.clear_cache()
-        loss = Counter(_edge)
-        with warnings.catch_warnings():  # the NONFINITE run warns
-            warnings.simplefilter("ignore", RuntimeWarning)
-            res = jd.fit(loss, jnp.array([1.0, 0.5]), jd.optim.sgd(0.05), **end)
-        taken = int(res.steps_taken) + 1  # evaluations a guarded loop makes
-        assert taken <= loss.calls <= taken + 2 * length + 1
-        runs.append(res)
-    first = runs[0]
-    assert (
-        Status(int(first.status))
-        == {
-            (40, True): Status.CONVERGED,
-            (40, False): Status.NONFINITE,
-            (11, False): Status.MAX_STEPS,
-        }[(end["steps"], "tol" in end)]
-    )
-    for res in runs[1:]:
-        for name in ("params", "status", "steps_taken", "losses", "grad_norms", "final_loss"):
-            np.testing.assert_array_equal(getattr(res, name), getattr(first, name), err_msg=name)
-        jax.tree.map(np.testing.assert_array_equal, res.opt_state, first.opt_state)
-    jd.clear_cache()
-
-
-def test_block_length_follows_the_step_size():
-    from jaxdescent._engine.loop import BLOCK_RANGE, block_length
-
-    small = block_length(jnp.zeros(2), None)
-    large = block_length(jnp.zeros((64, 64)), jnp.zeros((512, 8)))
-    assert small == BLOCK_RANGE[1] and BLOCK_RANGE[0] <= large < small
-    assert large & (large - 1) == 0  # a power of two
-
-
-def test_fit_builds_the_first_state_on_the_host_and_checks_once():
+def test_fit_builds_the_first_state_on_the_host_and_traces_once():
     """``fit`` asks jaxdescent's rules for NumPy leaves (no ``device_put`` per leaf), while
     ``init`` itself returns device arrays; a repeated fit traces the loss no more."""
     from jaxdescent.optim._common import host_state
 
-    class Traces:  # counts Python calls of the loss: traces, not evaluations
-        def __init__(self):
-            self.count = 0
-
-        def __call__(self, params, batch):
-            self.count += 1
-            return LOSS(params, batch)
+    def loss(params, batch):  # a loss no other test uses
+        return 2.0 * LOSS(params, batch)
 
     opt = jd.optim.adam(1e-2)
     assert all(isinstance(x, jax.Array) for x in jax.tree.leaves(opt.init(P0)))
     with host_state():
         leaves = jax.tree.leaves(opt.init(P0))
     assert all(isinstance(x, np.ndarray) for x in leaves)
-    loss = Traces()
     first = jd.fit(loss, P0, opt, data=(X, Y), steps=5)
-    traced = loss.count
-    assert traced >= 2  # the check, then the loop
-    again = jd.fit(loss, P0, opt, data=(X, Y), steps=5)
-    assert loss.count == traced
+    with Traces() as t:
+        again = jd.fit(loss, P0, opt, data=(X, Y), steps=5)
+    assert t.count == 0
     assert all(isinstance(x, jax.Array) for x in jax.tree.leaves(again.opt_state))
     jax.tree.map(np.testing.assert_array_equal, again.params, first.params)
 
 
-def test_a_run_taken_again_reports_its_chunk_once():
-    """A run that converges inside a block is taken again from the block's start (a second
-    call of the compiled chunk); the callback still sees one chunk with all its steps."""
+def test_a_run_that_ends_inside_a_chunk_reports_it_once():
+    """A run that converges inside a chunk stops there; the callback sees that one chunk,
+    with all its steps."""
     seen = []
     res = jd.fit(
         _edge, jnp.array([1.0, 0.5]), jd.optim.sgd(0.05), steps=40, tol=0.8, chunk_size=20,

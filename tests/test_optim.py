@@ -417,8 +417,6 @@ def _jaxpr(opt):
 def test_update_closes_over_configuration_not_values(name):
     """Two builds that differ only in numeric hyperparameters trace to the same program and
     have equal fingerprints (the engine's compile-cache key); another form does not."""
-    from jaxdescent._engine.cache import fingerprint
-
     rule, first, second = VALUE_PAIRS[name]
     a, b = rule(**first), rule(**second)
     assert _jaxpr(a) == _jaxpr(b)
@@ -436,13 +434,18 @@ def test_update_closes_over_configuration_not_values(name):
         assert _jaxpr(other) != _jaxpr(a)
 
 
+def fingerprint(update):
+    """The engine's compile-cache key of an update function."""
+    from jaxdescent._engine.cache import token
+
+    return token(update)[0]
+
+
 class _ByConfig:
     """An update function as a static jit argument, equal to another when their fingerprints
     are (as the engine keys its compiled programs)."""
 
     def __init__(self, update):
-        from jaxdescent._engine.cache import fingerprint
-
         self.update, self.key = update, fingerprint(update)
 
     def __hash__(self):

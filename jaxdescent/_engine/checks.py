@@ -11,8 +11,39 @@ import numpy as np
 
 from jaxdescent import data as data_lib
 from jaxdescent._checks import check_callable, check_float_tree, check_int, check_nonnegative
-from jaxdescent._engine.cache import cached, owner_ref
+from jaxdescent._engine.cache import Traced, cached, owner_ref
 from jaxdescent.likelihoods import Categorical
+
+
+def has_tracer(tree: Any) -> bool:
+    """Whether any leaf of ``tree`` is a JAX tracer (the call is inside a transformation)."""
+    return any(isinstance(x, jax.core.Tracer) for x in jax.tree.leaves(tree))
+
+
+def traced_error(function: str) -> TypeError:
+    return TypeError(
+        f"jd.{function} is a host-side driver (chunks, progress, checkpoints, callbacks) and "
+        "cannot run inside jax.jit, jax.vmap or jax.grad: it met a traced value (in its "
+        "arguments, or closed over by the loss or optimizer). Use jd.solve, the pure solve, "
+        "inside JAX transformations (same loop, same statuses: "
+        "jax.jit(jax.vmap(lambda p: jd.solve(loss, p, opt, steps=...))))"
+    )
+
+
+def refuse_traced(function: str, *trees: Any) -> None:
+    """``fit`` and ``multistart`` are host drivers: called under ``jax.jit``, ``jax.vmap`` or
+    ``jax.grad`` they say so at once, and which function to use instead."""
+    if has_tracer(trees):
+        raise traced_error(function)
+
+
+def check_tol(tol: Any) -> None:
+    """``tol``: ``None`` or a real number ``>= 0`` (a tracer passes)."""
+    if tol is None or isinstance(tol, jax.core.Tracer):
+        return
+    if np.ndim(tol) != 0 or isinstance(tol, (bool, np.bool_)):
+        raise TypeError(f"tol must be None or a real number >= 0; got {tol!r}")
+    check_nonnegative("tol", tol)
 
 
 def check_optimizer(optimizer) -> None:
@@ -60,13 +91,19 @@ def as_key(key: Any, name: str = "key") -> jax.Array:
 @functools.lru_cache(maxsize=8)
 def _default_key(impl, device) -> jax.Array:
     """``jax.random.key(0)`` (made once per PRNG implementation and default device: a key
-    is immutable, and making one costs ~30 us)."""
+    is immutable, and making one costs ~30 us). It is made concrete even when the call is
+    inside a transformation, so the cache never holds a tracer."""
     del impl, device  # the cache key: the settings ``jax.random.key`` reads
-    return jax.random.key(0)
+    with jax.ensure_compile_time_eval():
+        return jax.random.key(0)
 
 
-def check_problem(loss, params, data, batch_size, steps, tol, name="params"):
-    """Python-side checks shared by fit and multistart; returns ``n`` (0 without data)."""
+def check_problem(
+    loss, params, data, batch_size, steps, tol, name="params", *, full_batch_any=False
+):
+    """Python-side checks shared by fit, solve and multistart; returns ``n`` (0 without
+    data, or with ``full_batch_any`` and no ``batch_size``: data is then any pytree passed
+    whole to the loss). They read shapes and dtypes only, so traced inputs pass."""
     check_callable("loss", loss)
     check_float_tree(name, params)
     steps = check_int("steps", steps, minimum=1)
@@ -77,6 +114,9 @@ def check_problem(loss, params, data, batch_size, steps, tol, name="params"):
             raise ValueError(f"batch_size needs data; got batch_size={batch_size} and data=None")
         n = 0
         probe = (params,)
+    elif full_batch_any and batch_size is None:
+        n = 0
+        probe = (params, data)
     else:
         n = data_lib.check_data(data)
         if batch_size is not None:
@@ -86,7 +126,8 @@ def check_problem(loss, params, data, batch_size, steps, tol, name="params"):
                     f"batch_size must be at most the number of examples ({n}); got {batch_size}"
                 )
         likelihood = getattr(loss, "likelihood", None)
-        if likelihood is not None and isinstance(data, (tuple, list)) and len(data) == 2:
+        pair = isinstance(data, (tuple, list)) and len(data) == 2
+        if likelihood is not None and pair and not has_tracer(data[1]):
             if isinstance(likelihood, Categorical) and callable(getattr(loss, "apply", None)):
                 likelihood.check_targets(data[1], _num_classes(loss.apply, params, data[0]))
             else:
@@ -111,7 +152,10 @@ def _output_shape(loss, probe):
     the loss's compiled programs: a repeated ``fit`` does not trace the loss again here)."""
     leaves, tree = jax.tree.flatten(probe)
     avals = tuple((np.shape(x), jnp.result_type(x), _weak(x)) for x in leaves)
-    return cached(loss, ("output-shape", tree, avals), lambda: jax.eval_shape(loss, *probe))
+    try:
+        return cached(loss, ("output-shape", tree, avals), lambda: jax.eval_shape(loss, *probe))
+    except Traced:  # the loss closes over a traced value: nothing to keep
+        return jax.eval_shape(loss, *probe)
 
 
 def _weak(x) -> bool:
@@ -171,11 +215,17 @@ class _Value:
         return out[0]
 
 
+def value_only(loss):
+    """``loss`` without its aux, for a ``(value, aux)`` loss: a plain wrapper (its token is
+    the loss's, so runs of the same loss share their programs)."""
+    return _Value(lambda: loss)
+
+
 def scalar_loss(loss):
-    """The value-only view of a ``has_aux`` loss: one object per loss (cached, held while
-    the loss lives), so runs of the same loss reuse its compiled programs."""
+    """The value-only view of a ``has_aux`` loss (:func:`value_only`), after checking it is
+    callable."""
     check_callable("loss", loss)
-    return cached(loss, ("has_aux-value",), lambda: _Value(owner_ref(loss)))
+    return value_only(loss)
 
 
 def aux_at(loss, params, data):

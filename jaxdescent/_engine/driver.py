@@ -17,14 +17,10 @@ import numpy as np
 from jaxdescent import checkpoint as ckpt
 from jaxdescent import data as data_lib
 from jaxdescent._checks import check_int
-from jaxdescent._engine.loop import (
-    Carry,
-    compiled,
-    compiled_evaluate,
-    history_dtype,
-    recorded_rows,
-    small_run,
-)
+from jaxdescent._engine import programs
+from jaxdescent._engine.cache import Traced
+from jaxdescent._engine.checks import traced_error
+from jaxdescent._engine.core import Spec, State, history_dtype, recorded_rows, rows_for
 from jaxdescent.results import Status
 
 CHECKPOINT_NAME = "checkpoint.jdc"
@@ -70,7 +66,7 @@ def check_chunk(chunk_size, steps, progress, checkpoint_dir, *, trace=None, call
 
 
 def drive(
-    carry: Carry,
+    state: State,
     data: Any,
     *,
     loss: Callable,
@@ -87,14 +83,21 @@ def drive(
     record_every: int = 1,
     trace: int | None = None,
     callback: Callable | None = None,
+    caller: str = "fit",
 ):
-    """Run chunks until every run has ended or ``steps`` is spent.
+    """Run the core loop in chunks of ``chunk`` steps until every run has ended.
 
-    Returns ``(carry, (losses, norms), final_loss, final_grad_norm, trace)``; the histories
-    hold the recorded steps up to the last one run.
+    Returns ``(state, (losses, norms), trace)``; the histories hold the recorded steps up to
+    the last one run. Between chunks the host only watches: the loop decides every status.
     """
-    small = small_run(carry.params, data, batch_size, batched)
-    run_chunk = compiled(loss, optimizer, batch_size, chunk, batched, record_every, small)
+    n = 0 if data is None else data_lib.num_examples(data)
+    spec = Spec(batch_size, n, record_every, rows_for(chunk, record_every))
+    small = programs.small_run(state.params, data, batch_size, batched)
+    try:
+        run_chunk = programs.loop(loss, optimizer, spec, batched=batched, small=small)
+    except Traced:  # the loss or optimizer closes over a value of a transformation
+        raise traced_error(caller) from None
+    objects = (loss, optimizer)
     # a Python float is a weakly typed scalar argument: no eager conversion to compile
     tol_value = -math.inf if tol is None else float(tol)
     # host (NumPy) data goes to the device once, not once per chunk
@@ -104,46 +107,34 @@ def drive(
     done_steps = 0
     # what a checkpoint must agree on to be continued by this run
     run_meta = {
-        "examples": 0 if data is None else data_lib.num_examples(data),
+        "examples": n,
         "batch_size": batch_size,
-        "runs": list(carry.status.shape),
+        "runs": list(state.status.shape),
         "record_every": record_every,
-        "params_structure": str(jax.tree.structure(carry.params)),
-        "state_structure": str(jax.tree.structure(carry.opt_state)),
+        "params_structure": str(jax.tree.structure(state.params)),
+        "state_structure": str(jax.tree.structure(state.opt_state)),
     }
     if resume is not None:
         source = Path(resume) / CHECKPOINT_NAME
         if source.exists():
-            carry, (losses, norms), done_steps = _resume(source, carry, steps, tol, run_meta)
+            state, (losses, norms), done_steps = _resume(source, state, steps, tol, run_meta)
     bar = _progress_bar(steps, done_steps) if progress else None
-    path_taken = [carry.params] if trace is not None else None
+    path_taken = [state.params] if trace is not None else None
     chunks_run = 0
-    final = None  # (loss, gradient norm) at the end, from the chunk in which the run ended
     try:
-        while done_steps < steps and np.any(np.asarray(carry.status) == Status.RUNNING):
-            this = min(chunk, steps - done_steps)
-            barrier, ran, again, first_part = this, 0, True, len(losses)
-            while again:  # a run that ended inside a block is taken again from its start
-                carry, (chunk_losses, chunk_norms), part, *ends, spare, redo = run_chunk(
-                    carry, data, tol_value, steps, this - ran, barrier
-                )
-                pick, again, barrier = (int(x) for x in np.asarray(redo))
-                carry = _arrange(carry, spare, pick)
-                final = _merge_ends(final, ends)
-                part = int(part)
-                rows = recorded_rows(done_steps, part, record_every)
-                losses.append(_recorded(chunk_losses, rows))
-                norms.append(_recorded(chunk_norms, rows))
-                done_steps += part
-                ran += part
-            if len(losses) - first_part > 1:  # the chunk's history, in one piece
-                for parts in (losses, norms):
-                    parts[first_part:] = [
-                        np.concatenate([np.asarray(p) for p in parts[first_part:]], -1)
-                    ]
+        while np.any(np.asarray(state.status) == Status.RUNNING):
+            until = min(done_steps + chunk, steps)
+            state, (chunk_losses, chunk_norms) = run_chunk(
+                objects, state, data, tol_value, steps, until
+            )
+            ran = int(np.max(np.asarray(state.step))) - done_steps
+            rows = recorded_rows(done_steps, ran, record_every)
+            losses.append(_recorded(chunk_losses, rows))
+            norms.append(_recorded(chunk_norms, rows))
+            done_steps += ran
             chunks_run += 1
             if path_taken is not None:
-                path_taken.append(carry.params)
+                path_taken.append(state.params)
             if bar is not None:
                 bar.update(ran)
                 # the lowest latest loss over the runs, named for what it is
@@ -151,91 +142,27 @@ def drive(
                 bar.set_postfix({label: _latest_loss(losses[-1])})
             if callback is not None:
                 info = ChunkEnd(
-                    done_steps, carry.params, carry.opt_state, losses[-1], carry.status
+                    done_steps, state.params, state.opt_state, losses[-1], state.status
                 )
                 callback(info)
             if path is not None and chunks_run % checkpoint_every == 0 and done_steps < steps:
-                _save(path, carry, losses, norms, done_steps, tol, run_meta)
-            if ran < this:  # every run ended inside the chunk
-                break
+                _save(path, state, losses, norms, done_steps, tol, run_meta)
     finally:
         if bar is not None:
             bar.close()
-    carry, final, final_norm = _final_values(carry, data, final, loss, batched, tol)
-    hist_losses = _join(losses, carry)
-    hist_norms = _join(norms, carry)
+    hist_losses = _join(losses, state)
+    hist_norms = _join(norms, state)
     if path is not None:
-        _save(path, carry, [hist_losses], [hist_norms], done_steps, tol, run_meta)
+        _save(path, state, [hist_losses], [hist_norms], done_steps, tol, run_meta)
     traced = None
     if path_taken is not None:
-        path_taken[-1] = carry.params  # the returned params (a non-finite end rolls back)
+        path_taken[-1] = state.params  # the returned params (a non-finite end rolls back)
         axis = 1 if batched else 0
         traced = jax.tree.map(
             lambda *xs: jax.device_put(np.stack([np.asarray(x) for x in xs], axis=axis)),
             *path_taken,
         )
-    return carry, (hist_losses, hist_norms), final, final_norm, traced
-
-
-def _arrange(carry, spare, pick):
-    """The run as a chunk of unguarded blocks leaves it (``block_steps`` in
-    :func:`jaxdescent._engine.loop._chunk`, which chooses no trees itself): ``pick`` 0 keeps
-    ``carry``, 1 moves its previous params and state to the front (and ``spare`` behind
-    them), 2 puts ``spare`` in both places."""
-    if pick == 1:
-        return carry._replace(
-            params=carry.prev_params,
-            opt_state=carry.prev_opt_state,
-            prev_params=spare[0],
-            prev_opt_state=spare[1],
-        )
-    if pick == 2:
-        return carry._replace(
-            params=spare[0], opt_state=spare[1], prev_params=spare[0], prev_opt_state=spare[1]
-        )
-    return carry
-
-
-def _merge_ends(final, ends):
-    """The loss and gradient norm of each run where it ended (``nan`` for runs still going):
-    a chunk reports the runs that ended in it, so under ``multistart`` a run that stopped
-    in an earlier chunk keeps what that chunk reported."""
-    if final is None:  # the first chunk's: kept as the device arrays they are
-        return list(ends)
-    ends = [np.asarray(x) for x in ends]
-    return [
-        np.where(np.isnan(new), np.asarray(old), new) for old, new in zip(final, ends, strict=True)
-    ]
-
-
-def _final_values(carry, data, final, loss, batched, tol):
-    """The loss and gradient norm at the returned params: ``(carry, loss, grad_norm)``.
-
-    They come from the chunk in which the run ended; they are evaluated here instead when no
-    chunk ran (a resumed run that had already ended, or whose budget was spent) or for a run
-    rolled back to its previous params (non-finite at the last ones), which the loop did not
-    measure last. A run evaluated here that spent its budget (or stalled, resumed under a
-    looser ``tol``) with a gradient norm below ``tol`` is ``CONVERGED``, as at the end of a
-    loop.
-    """
-    if final is not None:
-        missing = ~(np.isfinite(np.asarray(final[0])) & np.isfinite(np.asarray(final[1])))
-        if not missing.any():
-            return carry, *(x if isinstance(x, jax.Array) else jax.device_put(x) for x in final)
-    value, norm = (np.asarray(x) for x in compiled_evaluate(loss, batched)(carry, data))
-    if final is not None:
-        value, norm = (
-            np.where(missing, np.asarray(new, old.dtype), np.asarray(old))
-            for new, old in zip((value, norm), final, strict=True)
-        )
-    if tol is not None:
-        status = np.asarray(carry.status)
-        ended = (status == Status.MAX_STEPS) | (status == Status.STALLED)
-        met = ended & (norm < tol)
-        if met.any():
-            status = np.where(met, Status.CONVERGED, status).astype(np.int32)
-            carry = carry._replace(status=jax.device_put(status))
-    return carry, jax.device_put(value), jax.device_put(norm)
+    return state, (hist_losses, hist_norms), traced
 
 
 def check_checkpointing(checkpoint_dir, checkpoint_every, resume):
@@ -301,8 +228,8 @@ def _check_folder(name, value) -> Path:
     return path
 
 
-def _resume(path, carry, steps, tol, run_meta):
-    """The carry, history and step count saved at ``path``, checked against this run."""
+def _resume(path, state, steps, tol, run_meta):
+    """The state, history and step count saved at ``path``, checked against this run."""
     meta = ckpt.read_meta(path)
     labels = {
         "params_structure": "params of another structure",
@@ -321,22 +248,26 @@ def _resume(path, carry, steps, tol, run_meta):
             f"the checkpoint in {str(path.parent)!r} has already run {done} steps; to resume "
             f"from it, steps must be at least {done}; got steps={steps}"
         )
-    dtype = history_dtype(carry.params)
+    dtype = history_dtype(state.params)
     rows = int(meta.get("history_rows", done))
-    empty = jnp.zeros((*carry.status.shape, rows), dtype)
-    (saved, hist), _ = ckpt.load(path, (carry, (empty, empty)))
+    empty = jnp.zeros((*state.status.shape, rows), dtype)
+    (saved, hist), _ = ckpt.load(path, (state, (empty, empty)))
     # A run that only ran out of steps goes on when this run's budget is larger; a run that
-    # converged goes on when this run's tolerance is tighter.
+    # converged goes on when this run's tolerance is tighter; a run saved while going on goes
+    # on (with its budget spent, the loop's final evaluation ends it). One that stopped and
+    # meets a looser tolerance at its params has converged.
     saved_tol = meta.get("tol")
     tighter = tol is not None and (saved_tol is None or tol < saved_tol)
-    reopen = (saved.status == Status.MAX_STEPS) | ((saved.status == Status.CONVERGED) & tighter)
-    budget_left = saved.iteration < steps
-    # a run saved while going on whose budget this call has already spent ends there
-    reopen = reopen | (saved.status == Status.RUNNING)
-    status = jnp.where(
-        reopen, jnp.where(budget_left, Status.RUNNING, Status.MAX_STEPS), saved.status
+    status = np.asarray(saved.status)
+    reopen = (
+        ((status == Status.MAX_STEPS) & (np.asarray(saved.step) < steps))
+        | ((status == Status.CONVERGED) & tighter)
+        | (status == Status.RUNNING)
     )
-    saved = saved._replace(status=status.astype(jnp.int32))
+    stopped = (status == Status.MAX_STEPS) | (status == Status.STALLED)
+    met = stopped & ~reopen & (np.asarray(saved.grad_norm) < (-np.inf if tol is None else tol))
+    status = np.where(reopen, Status.RUNNING, np.where(met, Status.CONVERGED, status))
+    saved = saved._replace(status=jnp.asarray(status, jnp.int32))
     return saved, ([np.asarray(hist[0])], [np.asarray(hist[1])]), done
 
 
@@ -347,16 +278,16 @@ def _latest_loss(chunk_losses) -> str:
     return f"{min(latest):.4g}" if latest else "nan"
 
 
-def _save(path, carry, losses, norms, done_steps, tol, run_meta):
-    hist = (_join(losses, carry), _join(norms, carry))
+def _save(path, state, losses, norms, done_steps, tol, run_meta):
+    hist = (_join(losses, state), _join(norms, state))
     meta = {
         "steps_done": done_steps,
         "tol": tol,
         "history_rows": hist[0].shape[-1],
-        **ckpt.params_record(carry.params),
+        **ckpt.params_record(state.params),
         **run_meta,
     }
-    ckpt.save(path, (carry, hist), meta)
+    ckpt.save(path, (state, hist), meta)
 
 
 def _recorded(history, rows):
@@ -368,26 +299,26 @@ def _recorded(history, rows):
     return np.asarray(history)[..., :rows]
 
 
-def _join(parts, carry):
+def _join(parts, state):
     """The recorded history as one device array, joined on the host: eager ``jnp`` ops
     (and ``jnp.asarray``) would compile once per history length."""
     if len(parts) == 1 and isinstance(parts[0], jax.Array):
         return parts[0]
     if parts:
         return jax.device_put(np.concatenate([np.asarray(p) for p in parts], axis=-1))
-    return jax.device_put(np.zeros((*carry.status.shape, 0), history_dtype(carry.params)))
+    return jax.device_put(np.zeros((*state.status.shape, 0), history_dtype(state.params)))
 
 
-def warn_nonfinite(carry, losses, grad_norms, record_every) -> None:
+def warn_nonfinite(state, losses, grad_norms, record_every) -> None:
     """Warn (once per call) that a run ended ``NONFINITE``: after how many steps, and whether
     the loss or the gradient was not finite."""
-    codes = np.asarray(carry.status).reshape(-1)
+    codes = np.asarray(state.status).reshape(-1)
     bad = np.flatnonzero(codes == Status.NONFINITE)
     if bad.size == 0:
         return
     first = int(bad[0])
-    taken = int(np.asarray(carry.updates).reshape(-1)[first])
-    iteration = int(np.asarray(carry.iteration).reshape(-1)[first])
+    taken = int(np.asarray(state.updates).reshape(-1)[first])
+    iteration = int(np.asarray(state.step).reshape(-1)[first])
     what = "the loss or gradient"
     if record_every and (iteration - 1) % record_every == 0:  # the failing step was recorded
         r = recorded_rows(0, iteration, record_every) - 1

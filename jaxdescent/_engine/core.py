@@ -1,0 +1,414 @@
+"""The core of every run: one ``lax.while_loop`` over steps, with the status rules.
+
+A run's :class:`State` holds its params, optimizer state, the params before the last update,
+its counters and :class:`~jaxdescent.results.Status`. Each loop iteration measures the loss
+and gradient at the params (on this step's batch), decides the status (:func:`decide`, the
+one place a status is decided), then updates the params or ends the run:
+
+- the gradient norm below ``tol`` (for mini-batches, confirmed on the whole data): the run
+  ends ``CONVERGED`` at the params it measured;
+- a non-finite loss or gradient: the run ends ``NONFINITE`` at the params before the last
+  update (where both were finite);
+- the rule's stall test (full batch): ``STALLED`` at the params it measured;
+- the step budget: a full-batch run measures its last params in one more iteration, which
+  updates nothing, and ends ``MAX_STEPS`` (or ``CONVERGED``); a mini-batch run's last params
+  are measured on the whole data after the loop (:func:`finish`).
+
+:func:`run` runs a state up to a step (``until``), so a host driver can run it in chunks
+(:func:`jaxdescent.fit`) and a pure solve in one call (:func:`jaxdescent.solve`); both run
+the same program. With ``batched`` the state has a leading axis of runs (restarts): each
+iteration is the same step ``vmap``-ed over them, a run that has ended is frozen, and the loop
+goes on while some run goes on. Under a user's ``jax.vmap`` of a solve, JAX batches the loop
+in the same way.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax import custom_batching
+
+from jaxdescent import data as data_lib
+from jaxdescent._engine.step import (
+    apply_update,
+    as_extra_args,
+    global_norm,
+    measure,
+    stall_test,
+)
+from jaxdescent.results import Status
+
+RUNNING, CONVERGED, MAX_STEPS, NONFINITE, STALLED = (int(s) for s in Status)
+
+
+class Spec(NamedTuple):
+    """A run's static settings (part of its program's key).
+
+    ``n`` is the number of examples (0 without data); ``record_every`` records the loss and
+    gradient norm of every ``k``-th step (0: none) into ``rows`` rows per call.
+    """
+
+    batch_size: int | None
+    n: int
+    record_every: int
+    rows: int
+
+
+class State(NamedTuple):
+    """Everything a run needs to continue (saved whole in checkpoints).
+
+    ``step`` counts the loss evaluations made (the final evaluation of a full-batch run is not
+    counted), ``updates`` the updates applied to reach ``params``. ``loss`` and ``grad_norm``
+    are the last finite measurement: at ``params`` once the run has ended, at
+    ``prev_params`` while it goes on.
+    """
+
+    params: Any
+    opt_state: Any
+    prev_params: Any
+    prev_opt_state: Any
+    step: jax.Array
+    updates: jax.Array
+    status: jax.Array
+    loss: jax.Array
+    grad_norm: jax.Array
+    key: jax.Array
+    perm: jax.Array  # this epoch's order of the examples (empty for full batch)
+
+
+def history_dtype(params: Any) -> jnp.dtype:
+    """The dtype of losses and gradient norms: the params' real float type, at least float32
+    (a float16 run's loss of 1e5 is then not recorded as inf)."""
+    dtypes = [jnp.result_type(x) for x in jax.tree.leaves(params)]
+    real = [jnp.finfo(d).dtype for d in dtypes if jnp.issubdtype(d, jnp.inexact)]
+    return jnp.promote_types(jnp.result_type(*real) if real else jnp.float32, jnp.float32)
+
+
+def init_state(params, opt_state, key, spec: Spec, runs: tuple[int, ...] = ()) -> State:
+    """A run's state at its start; with ``runs=(restarts,)`` stacked restarts (the params,
+    state and keys then have that leading axis). Counters are NumPy arrays: eager ``jnp``
+    would compile a small program per new shape."""
+    zero = np.zeros(runs, np.int32)
+    nan = np.full(runs, np.nan, history_dtype(params))
+    perm = np.zeros((*runs, spec.n if spec.batch_size is not None else 0), np.int32)
+    return State(params, opt_state, params, opt_state, zero, zero, zero, nan, nan, key, perm)
+
+
+def rows_for(length: int, every: int) -> int:
+    """History rows a call of ``length`` steps needs: at most ``ceil(length / every)`` of its
+    steps are multiples of ``every``."""
+    return 0 if every == 0 else -(-length // every)
+
+
+def recorded_rows(first: int, ran: int, every: int) -> int:
+    """How many of the steps ``first, ..., first + ran - 1`` are recorded (``step % every ==
+    0``; none when ``every == 0``)."""
+    if every == 0:
+        return 0
+    return -(-(first + ran) // every) - -(-first // every)
+
+
+# --- one evaluation ---------------------------------------------------------------------------
+
+
+def decide(status, *, active, finite, converged, stalled, budget) -> jax.Array:
+    """The status after one evaluation of a run; the only place a status is decided.
+
+    A run that is not ``active`` keeps its status. Otherwise, in order: a non-finite loss or
+    gradient gives ``NONFINITE``; a gradient norm below ``tol`` (confirmed on the whole data)
+    ``CONVERGED``; the rule's stall test ``STALLED``; a spent budget ``MAX_STEPS``; else the
+    run goes on (``RUNNING``).
+    """
+    new = jnp.where(budget, MAX_STEPS, RUNNING)
+    new = jnp.where(stalled, STALLED, new)
+    new = jnp.where(converged, CONVERGED, new)
+    new = jnp.where(finite, new, NONFINITE)
+    return jnp.where(active, new, status).astype(jnp.int32)
+
+
+def _draw_if(new_epoch, key, epoch, perm, n: int):
+    """``perm`` or, when ``new_epoch``, the order of epoch ``epoch`` (:mod:`jaxdescent.data`).
+
+    Under ``vmap`` a ``lax.cond`` with a batched predicate runs both branches, drawing a
+    permutation at every step; here the batched form draws only when some run starts an
+    epoch (:func:`_draw_if_batched`).
+    """
+    return jax.lax.cond(new_epoch, lambda: data_lib.epoch_permutation(key, epoch, n), lambda: perm)
+
+
+@functools.cache
+def _batched_draw(n: int) -> Callable:
+    @custom_batching.custom_vmap
+    def draw_if(new_epoch, key, epoch, perm):
+        return _draw_if(new_epoch, key, epoch, perm, n)
+
+    @draw_if.def_vmap
+    def rule(axis_size, in_batched, new_epoch, key, epoch, perm):
+        def lanes(x, batched):
+            return x if batched else jnp.broadcast_to(x, (axis_size, *jnp.shape(x)))
+
+        new_epoch, key, epoch, perm = map(lanes, (new_epoch, key, epoch, perm), in_batched)
+        draw = jax.vmap(data_lib.epoch_permutation, in_axes=(0, 0, None))
+        out = jax.lax.cond(
+            jnp.any(new_epoch),
+            lambda: jnp.where(new_epoch[:, None], draw(key, epoch, n), perm),
+            lambda: perm,
+        )
+        return out, True
+
+    return draw_if
+
+
+class Proposal(NamedTuple):
+    """One evaluation of a run before any decision: the batch, the loss and gradient at the
+    params, the gradient norm and the epoch's order."""
+
+    batch: Any
+    value: jax.Array
+    grads: Any
+    norm: jax.Array
+    perm: jax.Array
+
+
+def propose(state: State, data, *, loss, spec: Spec) -> Proposal:
+    if spec.batch_size is None:
+        batch, perm = data, state.perm
+    else:
+        per_epoch = data_lib.batches_per_epoch(spec.n, spec.batch_size)
+        within = state.step % per_epoch
+        perm = _batched_draw(spec.n)(within == 0, state.key, state.step // per_epoch, state.perm)
+        batch = data_lib.take_batch(data, perm, within, spec.batch_size)
+    value, grads = measure(loss, state.params, batch)
+    dtype = state.loss.dtype
+    return Proposal(batch, value.astype(dtype), grads, global_norm(grads).astype(dtype), perm)
+
+
+def running_in_call(state: State, steps, until, spec: Spec) -> jax.Array:
+    """Whether a run takes an evaluation in this call: it goes on and has steps left before
+    ``until``; a full-batch run also makes its final evaluation (at ``step == steps``)."""
+    going = state.status == RUNNING
+    if spec.batch_size is None:
+        return going & ((state.step < until) | (state.step == steps))
+    return going & (state.step < until)
+
+
+def commit(
+    state: State, p: Proposal, confirm, tol, steps, until, *, loss, optimizer, spec: Spec
+) -> State:
+    """The run after one evaluation: updated, ended, or rolled back (non-finite).
+
+    ``confirm`` is the whole-data gradient norm when this step's batch norm fell below ``tol``
+    (full batch: the norm itself). The trees are chosen with ``lax.cond``, which for one run
+    passes buffers on (no select per leaf); under ``vmap`` the conds become per-run selects.
+    """
+    active = running_in_call(state, steps, until, spec)
+    full_batch = spec.batch_size is None
+    final = (state.step == steps) if full_batch else jnp.zeros((), bool)
+    finite = jnp.isfinite(p.value) & jnp.isfinite(p.norm)
+    test = stall_test(optimizer) if full_batch else None
+    status = decide(
+        state.status,
+        active=active,
+        finite=finite,
+        converged=finite & (p.norm < tol) & (confirm < tol),
+        stalled=finite & (False if test is None else test(state.opt_state)),
+        budget=final,
+    )
+    go = active & (status == RUNNING)
+    back = active & ~finite
+
+    def advance():
+        params, opt_state = apply_update(
+            loss, optimizer, state.params, state.opt_state, p.batch, p.value, p.grads
+        )
+        return params, opt_state, state.params, state.opt_state
+
+    def hold():
+        return jax.lax.cond(
+            back,
+            lambda: (state.prev_params, state.prev_opt_state) * 2,
+            lambda: (state.params, state.opt_state, state.prev_params, state.prev_opt_state),
+        )
+
+    params, opt_state, prev_params, prev_opt_state = jax.lax.cond(go, advance, hold)
+    # the last finite measurement; a run that is not finite at its start has none
+    keep = back & (state.updates > 0)
+    return State(
+        params=params,
+        opt_state=opt_state,
+        prev_params=prev_params,
+        prev_opt_state=prev_opt_state,
+        step=state.step + (active & ~final).astype(jnp.int32),
+        updates=jnp.maximum(state.updates + go.astype(jnp.int32) - back.astype(jnp.int32), 0),
+        status=status,
+        loss=jnp.where(active & ~keep, p.value, state.loss),
+        grad_norm=jnp.where(active & ~keep, p.norm, state.grad_norm),
+        key=state.key,
+        perm=jnp.where(active, p.perm, state.perm) if spec.batch_size is not None else p.perm,
+    )
+
+
+def _full_norm(loss, data, params):
+    return global_norm(jax.grad(loss)(params, data))
+
+
+def finish(state: State, data, tol, *, loss) -> State:
+    """The end of a mini-batch run: the loss and gradient norm at its params on the whole
+    data. Not finite there: the run returns the params before its last update, ``NONFINITE``,
+    and those are measured. A run that spent its budget ends ``CONVERGED`` when the
+    whole-data gradient norm is below ``tol``, else ``MAX_STEPS``. (At most two
+    measurements, in a loop of static length: reverse-differentiable, one copy of the
+    loss in the program.)"""
+
+    def measure_here(s):
+        value, grads = measure(loss, s.params, data)
+        value, norm = value.astype(s.loss.dtype), global_norm(grads).astype(s.loss.dtype)
+        finite = jnp.isfinite(value) & jnp.isfinite(norm)
+        status = decide(
+            s.status,
+            active=s.status == RUNNING,
+            finite=finite,
+            converged=finite & (norm < tol),
+            stalled=False,
+            budget=True,
+        )
+        back = ~finite & (s.status != NONFINITE) & (s.updates > 0)
+        params, opt_state = jax.lax.cond(
+            back,
+            lambda: (s.prev_params, s.prev_opt_state),
+            lambda: (s.params, s.opt_state),
+        )
+        s = s._replace(
+            params=params,
+            opt_state=opt_state,
+            updates=s.updates - back.astype(jnp.int32),
+            status=jnp.where(finite, status, NONFINITE).astype(jnp.int32),
+            loss=value,
+            grad_norm=norm,
+        )
+        return s, back
+
+    def body(_, c):
+        s, todo = c
+        return jax.lax.cond(todo, measure_here, lambda s: (s, jnp.asarray(False)), s)
+
+    state, _ = jax.lax.fori_loop(0, 2, body, (state, jnp.asarray(True)))
+    return state
+
+
+# --- the loops --------------------------------------------------------------------------------
+
+
+def _record(history, i, value, norm, steps, spec: Spec, first_row):
+    """Write evaluation ``i``'s row (when ``i`` is recorded: ``i % every == 0`` and
+    ``i < steps``); an index past the buffer is dropped."""
+    every = spec.record_every
+    if not every:
+        return history
+    row = jnp.where((i % every == 0) & (i < steps), i // every - first_row, spec.rows)
+    return tuple(h.at[row].set(x, mode="drop") for h, x in zip(history, (value, norm)))
+
+
+def run(
+    state: State,
+    data,
+    tol,
+    steps,
+    until,
+    *,
+    loss: Callable,
+    optimizer: optax.GradientTransformation,
+    spec: Spec,
+    batched: bool = False,
+):
+    """Run ``state`` until it ends or reaches step ``until`` (``<= steps``).
+
+    Returns ``(state, (losses, grad_norms))``: the history holds ``spec.rows`` rows for the
+    recorded steps from the call's first step (``nan`` past the last one); with ``batched``
+    the runs come first, ``(runs, rows)``. ``tol`` is ``-inf`` when no tolerance is set.
+    """
+    optimizer = as_extra_args(optimizer)
+    tol = jnp.asarray(tol, state.loss.dtype)
+    lead = state.status.shape
+    every = spec.record_every
+    history = tuple(jnp.full((spec.rows, *lead), jnp.nan, state.loss.dtype) for _ in range(2))
+    one = functools.partial(commit, loss=loss, optimizer=optimizer, spec=spec)
+    mini = spec.batch_size is not None
+    full_norm = functools.partial(_full_norm, loss, data)
+
+    if not batched:
+        first_row = -(-state.step // every) if every else 0
+        start = state
+
+        def cond(c):
+            return running_in_call(c[0], steps, until, spec)
+
+        def body(c):
+            s, history = c
+            p = propose(s, data, loss=loss, spec=spec)
+            confirm = p.norm
+            if mini:  # a batch's norm below tol is confirmed on the whole data
+                confirm = jax.lax.cond(
+                    p.norm < tol,
+                    lambda: full_norm(s.params).astype(p.norm.dtype),
+                    lambda: jnp.full_like(p.norm, jnp.inf),
+                )
+            history = _record(history, s.step, p.value, p.norm, steps, spec, first_row)
+            return one(s, p, confirm, tol, steps, until), history
+
+        state, history = jax.lax.while_loop(cond, body, (state, history))
+        if mini:
+            ended = (start.status == RUNNING) & ((state.status != RUNNING) | (state.step == steps))
+            state = jax.lax.cond(ended, lambda: finish(state, data, tol, loss=loss), lambda: state)
+        return state, history
+
+    vpropose = jax.vmap(functools.partial(propose, loss=loss, spec=spec), in_axes=(0, None))
+    vcommit = jax.vmap(one, in_axes=(0, 0, 0, None, None, None))
+    vrunning = jax.vmap(running_in_call, in_axes=(0, None, None, None))
+    # every run still going has made the same number of steps (runs advance together)
+    i0 = jnp.max(jnp.where(state.status == RUNNING, state.step, 0))
+    first_row = -(-i0 // every) if every else 0
+    start = state
+
+    def bcond(c):
+        return jnp.any(vrunning(c[0], steps, until, spec))
+
+    def bbody(c):
+        s, history, i = c
+        active = vrunning(s, steps, until, spec)
+        p = vpropose(s, data)
+        confirm = p.norm
+        if mini:
+            candidate = active & (p.norm < tol)
+            confirm = jax.lax.cond(
+                jnp.any(candidate),
+                lambda: jnp.where(candidate, jax.vmap(full_norm)(s.params), jnp.inf),
+                lambda: jnp.full_like(p.norm, jnp.inf),
+            ).astype(p.norm.dtype)
+        shown = tuple(jnp.where(active, x, jnp.nan) for x in (p.value, p.norm))
+        history = _record(history, i, *shown, steps, spec, first_row)
+        return vcommit(s, p, confirm, tol, steps, until), history, i + 1
+
+    state, history, _ = jax.lax.while_loop(bcond, bbody, (state, history, i0))
+    if mini:
+        ended = (start.status == RUNNING) & ((state.status != RUNNING) | (state.step == steps))
+        vfinish = jax.vmap(functools.partial(finish, loss=loss), in_axes=(0, None, None))
+        state = jax.lax.cond(
+            jnp.any(ended),
+            lambda: _pick(ended, vfinish(state, data, tol), state),
+            lambda: state,
+        )
+    return state, tuple(h.T for h in history)
+
+
+def _pick(which, a, b):
+    """Per run, the tree ``a`` where ``which`` else ``b`` (run axis first)."""
+    return jax.tree.map(
+        lambda x, y: jnp.where(which.reshape(which.shape + (1,) * (x.ndim - 1)), x, y), a, b
+    )
