@@ -1,9 +1,10 @@
 """Argument checks that run in Python, before anything is traced or compiled.
 
 Every check raises a ``ValueError`` (or ``TypeError``) whose message names the argument,
-says what was expected and shows what was given. Values that are JAX tracers (for example a
-learning rate injected by ``optax.inject_hyperparams``) cannot be inspected and are let
-through: they were checked when they were first given as concrete numbers.
+says what was expected and shows what was given. Real values that are JAX tracers (for
+example a learning rate injected by ``optax.inject_hyperparams``) cannot be inspected and
+are let through: they were checked when they were first given as concrete numbers. A traced
+integer is an error (:func:`check_int`): integers fix the compiled program.
 """
 
 from __future__ import annotations

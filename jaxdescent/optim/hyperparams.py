@@ -39,14 +39,17 @@ ambiguous name is an error that lists the holders' paths.
 
 Adopting a table in a rule (as :mod:`jaxdescent.optim.first_order` does)::
 
-    hp = ADAM.check(learning_rate=learning_rate, b1=b1, ...)   # errors before tracing
-    init:   State(..., hyperparams=hp.init(params))
-    update: values = hp.fixed.values(state.hyperparams, state.count)   # to compute with
-            State(..., hyperparams=hp.fixed.carry(state.hyperparams))   # the new state
+    hp = ADAM.check(learning_rate=learning_rate, b1=b1, ...)  # errors before any tracing
+    fixed = hp.fixed                                          # (and the static values used)
+    init:    State(..., hyperparams=hp.init(params))
+    update:  values = fixed.values(state.hyperparams, state.count)   # to compute with
+             State(..., hyperparams=fixed.carry(state.hyperparams))  # the new state
+    return optax.GradientTransformationExtraArgs(init, fixed.mark(update))
 
-``update`` must close over ``hp.fixed`` and ``hp.static`` only (never ``hp`` itself, which
-holds the runtime numbers): then two builds that differ only in runtime values have equal
-``update`` functions for the engine's compile cache.
+``update`` must close over ``hp.fixed`` and the static values it reads only (never ``hp``
+itself, which holds the runtime numbers): then two builds that differ only in runtime values
+have equal ``update`` functions for the engine's compile cache. ``fixed.mark`` lets
+:func:`inject` refuse to sweep a value given as an array (which ``update`` would ignore).
 """
 
 from __future__ import annotations
@@ -754,7 +757,7 @@ def refresh_hyperparams(saved_state: Any, fresh_state: Any) -> Any:
     rules do (their values live in the closure). Everything else (moments, counters, the
     schedules' states) stays as saved. Each value is cast to the saved one's dtype and
     broadcast to its shape (a value per restart when the saved state was stacked), so the
-    state's types do not change.
+    state's types do not change; concrete values come back as NumPy arrays.
 
     Raises:
       ValueError: the two states differ in structure (another rule, other options, a
