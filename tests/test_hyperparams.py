@@ -242,8 +242,10 @@ def test_inject_hyperparams_values_are_checked_by_the_table():
     state = opt.init(z)
     assert state.hyperparams["b1"].dtype == jnp.complex64
     assert state.inner_state.hyperparams["b1"].dtype == jnp.float32
-    updates, _ = opt.update(z, state, z)
-    np.testing.assert_allclose(updates, -0.1 * np.ones(2), rtol=1e-5)
+    for update in (opt.update, jax.jit(opt.update)):  # concrete, then traced complex values
+        updates, new_state = update(z, state, z)
+        np.testing.assert_allclose(updates, -0.1 * np.ones(2), rtol=1e-5)
+        assert new_state.inner_state.hyperparams["b1"].dtype == jnp.float32
 
 
 # --- finding holders through optax's wrappers ---------------------------------------------

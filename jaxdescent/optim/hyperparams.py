@@ -277,7 +277,8 @@ def _check_argument(entry: Hyperparam, value: Any) -> Any:
             raise ValueError(f"{name} must be {entry.expected}; got {value!r}")
         return number
     if isinstance(value, jax.core.Tracer):
-        if not _real_dtype(value.dtype):
+        # complex too: optax.inject_hyperparams casts values to complex for complex params
+        if not (_real_dtype(value.dtype) or jnp.issubdtype(value.dtype, jnp.complexfloating)):
             raise TypeError(f"{name} must be a real scalar; got a traced {value.dtype} value")
         return value
     number = _concrete_real(value)
