@@ -698,6 +698,21 @@ def inject(
         or a schedule; an ambiguous name; a name given twice; a value out of its rule's
         range; a wrong shape.
       TypeError: a value that is not real.
+
+    Example:
+      Two rules of a ``multi_transform`` have a learning rate: address one by its label.
+
+      >>> import jax, jax.numpy as jnp, numpy as np, optax, jaxdescent as jd
+      >>> from jaxdescent.optim.hyperparams import find_hyperparams, inject
+      >>> opt = optax.multi_transform({"w": jd.optim.adam(0.1), "b": jd.optim.sgd(0.1)},
+      ...                             {"w": "w", "b": "b"})
+      >>> state = opt.init({"w": jnp.ones(3), "b": jnp.zeros(())})
+      >>> [h.address for h in find_hyperparams(state)]
+      ['inner_states/b/inner_state', 'inner_states/w/inner_state']
+      >>> stacked = jax.tree.map(lambda x: np.stack([x, x]), state)   # two restarts
+      >>> new = inject(stacked, {"w/learning_rate": np.array([0.01, 0.02])}, restarts=2)
+      >>> new.inner_states["w"].inner_state.hyperparams["learning_rate"]
+      array([0.01, 0.02], dtype=float32)
     """
     holders = find_hyperparams(opt_state)
     if not holders:
