@@ -118,6 +118,21 @@ def test_states_hold_the_tables_runtime_values_in_one_dtype(rule):
         hpm.check_sweep(table, entry.name, np.array([np.nan]))
 
 
+def test_check_sweep_names_the_value_and_refuses_what_is_not_real():
+    for value in ("0.1", True, None, 1 + 2j, [0.1, 0.2], jnp.array([True])):
+        with pytest.raises(TypeError, match=r"hyperparams\['learning_rate'\] must be a real"):
+            hpm.check_sweep(hpm.SGD, "learning_rate", value)
+    with pytest.raises(ValueError, match=r"got -1.0 at index 1 \(of 3 values\)"):
+        hpm.check_sweep(hpm.SGD, "learning_rate", np.array([0.1, -1.0, 0.2]))
+    with pytest.raises(ValueError, match=r"hyperparams\['b1'\] must be in \[0, 1\); got 1.5"):
+        hpm.check_sweep(hpm.ADAM, "b1", 1.5)
+    # a rule without a table: any finite value; a tracer cannot be inspected and passes
+    hpm.check_sweep(None, "moves", np.array([-3.0, 0.0, 1e30]))
+    with pytest.raises(ValueError, match=r"hyperparams\['moves'\] must be finite"):
+        hpm.check_sweep(None, "moves", np.nan)
+    jax.jit(lambda v: hpm.check_sweep(hpm.ADAM, "b1", v) or v)(2.0)
+
+
 def test_adam_and_adamw_share_a_state_and_agree_on_adams_values():
     for entry in hpm.ADAM.entries:
         assert hpm.ADAMW.get(entry.name) == entry

@@ -350,7 +350,7 @@ def check_sweep(table: Table | None, name: str, value: Any, *, where: str | None
         raise ValueError(f"{where} must be {expected}; got {value!r}")
     index = tuple(int(i) for i in np.argwhere(~good)[0])
     raise ValueError(
-        f"{where} must be {expected} for every entry; got {array[index]!r} at index "
+        f"{where} must be {expected} for every entry; got {array[index].item()!r} at index "
         f"{index if len(index) > 1 else index[0]} (of {math.prod(array.shape)} values)"
     )
 
