@@ -1,9 +1,10 @@
 """Argument checks that run in Python, before anything is traced or compiled.
 
 Every check raises a ``ValueError`` (or ``TypeError``) whose message names the argument,
-says what was expected and shows what was given. Values that are JAX tracers (for example a
-learning rate injected by ``optax.inject_hyperparams``) cannot be inspected and are let
-through: they were checked when they were first given as concrete numbers.
+says what was expected and shows what was given. Real values that are JAX tracers (for
+example a learning rate injected by ``optax.inject_hyperparams``) cannot be inspected and
+are let through: they were checked when they were first given as concrete numbers. A traced
+integer is an error (:func:`check_int`): integers fix the compiled program.
 """
 
 from __future__ import annotations
@@ -76,6 +77,26 @@ def check_learning_rate(value: Any, name: str = "learning_rate") -> None:
 
 
 def check_int(name: str, value: Any, *, minimum: int | None = None) -> int:
+    """An integer (Python, NumPy, or a concrete integer array of shape ``()``), as an ``int``.
+
+    ``optax.inject_hyperparams`` passes every number it was given as an array, integers
+    included; a concrete one is read here. A traced one cannot be: its value fixes the
+    program being traced (a loop bound, a shape), so it must stay a Python number, which
+    ``inject_hyperparams(rule, static_args=(name,))`` does.
+    """
+    if isinstance(value, jax.core.Tracer):
+        raise TypeError(
+            f"{name} must be a concrete integer, known before tracing (it fixes the compiled "
+            f"program); got a traced value ({value.aval.str_short()}). Under "
+            f"optax.inject_hyperparams, pass it as a static argument: "
+            f"optax.inject_hyperparams(rule, static_args=({name!r},))"
+        )
+    if (
+        isinstance(value, (np.ndarray, np.generic, jax.Array))
+        and np.ndim(value) == 0
+        and jnp.issubdtype(value.dtype, jnp.integer)
+    ):
+        value = int(value)
     if isinstance(value, bool) or not isinstance(value, (numbers.Integral, np.integer)):
         raise TypeError(f"{name} must be an integer; got {value!r} ({type(value).__name__})")
     if minimum is not None and value < minimum:

@@ -14,7 +14,6 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import optax
 
@@ -33,7 +32,8 @@ from jaxdescent._engine.checks import (
     traced_error,
 )
 from jaxdescent._engine.driver import check_chunk, drive, warn_nonfinite
-from jaxdescent.optim._common import check_hyperparam, host_state
+from jaxdescent.optim._common import host_state
+from jaxdescent.optim.hyperparams import inject
 from jaxdescent.results import Minima, MultistartResult
 
 __all__ = ["Minima", "MultistartResult", "distinct_minima", "multistart", "restart_keys"]
@@ -122,7 +122,7 @@ def multistart(
     n = check_problem(value_loss, example, data, batch_size, steps, tol, name="init(key)")
     chunk = check_chunk(chunk_size, steps, progress, None, trace=trace, callback=callback)
     if hyperparams:  # checked on the state's shapes, before anything is compiled
-        _inject(jax.eval_shape(optimizer.init, example), hyperparams, restarts)
+        inject(jax.eval_shape(optimizer.init, example), hyperparams, restarts, optimizer=optimizer)
     ndev = jax.local_device_count()
     if shard is None:
         shard = ndev > 1 and restarts % ndev == 0
@@ -135,7 +135,7 @@ def multistart(
     params = draw(init_keys)
     opt_state = _stacked_state(optimizer, params, example, restarts)
     if hyperparams:
-        opt_state = _inject(opt_state, hyperparams, restarts)
+        opt_state = inject(opt_state, hyperparams, restarts, optimizer=optimizer)
     state = core.init_state(
         params, opt_state, fit_keys, core.Spec(batch_size, n, every, 0), runs=(restarts,)
     )
@@ -220,82 +220,6 @@ def _stacked_state(optimizer, params, example, restarts):
         if all(isinstance(x, np.ndarray) for x in leaves):
             return jax.tree.map(lambda x: np.broadcast_to(x, (restarts, *x.shape)), one)
     return jax.vmap(optimizer.init)(params)
-
-
-def _with_hyperparams(state, path=()):
-    """``(path, state)`` for every state in ``state`` (chains included) holding a
-    ``hyperparams`` dict: jaxdescent's rules and ``optax.inject_hyperparams``."""
-    if isinstance(getattr(state, "hyperparams", None), dict):
-        return [(path, state)]
-    if isinstance(state, tuple):
-        return [
-            found for i, part in enumerate(state) for found in _with_hyperparams(part, (*path, i))
-        ]
-    return []
-
-
-def _replace_at(state, path, new):
-    if not path:
-        return new
-    parts = list(state)
-    parts[path[0]] = _replace_at(state[path[0]], path[1:], new)
-    return type(state)(*parts) if hasattr(state, "_fields") else type(state)(parts)
-
-
-def _inject(opt_state, hyperparams, restarts):
-    """Replace a state's (stacked) runtime hyperparameters with one value per restart.
-
-    The values live in the optimizer's state (``state.hyperparams`` of jaxdescent's rules,
-    of ``optax.inject_hyperparams`` and of the second-order rules), so a sweep runs in the
-    one compiled program a single value would.
-    """
-    holders = _with_hyperparams(opt_state)
-    if not holders:
-        raise ValueError(
-            "hyperparams needs an optimizer whose state holds its hyperparameters: "
-            "jaxdescent's rules do (jd.optim.adam(1e-3), jd.optim.newton(), ...), and any "
-            "optax rule wrapped as optax.inject_hyperparams(optax.adam)(learning_rate=1e-3); "
-            f"this optimizer's state ({type(opt_state).__name__}) has none"
-        )
-    available = sorted({name for _, held in holders for name in held.hyperparams})
-    for name in hyperparams:
-        scheduled = [
-            held for _, held in holders if name in (getattr(held, "hyperparams_states", {}) or {})
-        ]
-        if scheduled:
-            raise ValueError(
-                f"hyperparams[{name!r}] is a schedule in this optimizer: optax recomputes it "
-                "from the step count at every update, so per-restart values would be ignored. "
-                "Sweep a constant, or a schedule's own parameters by building one optimizer per "
-                "value"
-            )
-        where = [path for path, held in holders if name in held.hyperparams]
-        if not where:
-            raise ValueError(
-                f"hyperparams[{name!r}] is not a runtime hyperparameter of this optimizer; it "
-                f"has {available} (a schedule, or an argument fixed at construction, cannot be "
-                "swept)"
-            )
-        if len(where) > 1:
-            raise ValueError(
-                f"hyperparams[{name!r}] is ambiguous: {len(where)} parts of this chained "
-                "optimizer have it"
-            )
-    for path, held in holders:
-        new = dict(held.hyperparams)
-        for name, values in hyperparams.items():
-            if name not in new:
-                continue
-            check_hyperparam(name, values)
-            values = jnp.asarray(values, new[name].dtype)
-            if values.shape != (restarts,):
-                raise ValueError(
-                    f"hyperparams[{name!r}] must have shape ({restarts},), one value per "
-                    f"restart; got {values.shape}"
-                )
-            new[name] = values
-        opt_state = _replace_at(opt_state, path, held._replace(hyperparams=new))
-    return opt_state
 
 
 def distinct_minima(params: Any, tol: float, losses: jax.Array | None = None) -> Minima:

@@ -809,29 +809,41 @@ RULE_OPTION_CASES = [
     ),
     (
         "check-hyperparam-b1",
-        lambda: _check_hyperparam("b1", 1.5),
+        lambda: _check_sweep("ADAM", "b1", 1.5),
         ValueError,
         ["hyperparams['b1']", "in [0, 1)", "1.5"],
     ),
     (
         "check-hyperparam-learning-rate-entry",
-        lambda: _check_hyperparam("learning_rate", jnp.array([0.1, -1.0])),
+        lambda: _check_sweep("SGD", "learning_rate", jnp.array([0.1, -1.0])),
         ValueError,
         ["hyperparams['learning_rate']", ">= 0", "-1.0", "index 1"],
     ),
     (
         "check-hyperparam-not-a-number",
-        lambda: _check_hyperparam("eps", "1e-8"),
+        lambda: _check_sweep("ADAM", "eps", "1e-8"),
         TypeError,
         ["hyperparams['eps']", "real number", "'1e-8'"],
+    ),
+    (
+        "check-hyperparam-newton-eta",
+        lambda: _check_sweep("NEWTON", "eta", np.array([0.1, 0.5])),
+        ValueError,
+        ["hyperparams['eta']", "in [0, 0.25)", "0.5", "index 1"],
+    ),
+    (
+        "rule-integer-option-traced",
+        lambda: jax.jit(lambda n: jd.optim.newton_cg(max_cg_steps=n).init(jnp.ones(2)))(3),
+        TypeError,
+        ["max_cg_steps", "concrete integer", "static_args=('max_cg_steps',)"],
     ),
 ]
 
 
-def _check_hyperparam(name, value):
-    from jaxdescent.optim._common import check_hyperparam
+def _check_sweep(table, name, value):
+    from jaxdescent.optim import hyperparams
 
-    return check_hyperparam(name, value)
+    return hyperparams.check_sweep(getattr(hyperparams, table), name, value)
 
 
 @pytest.mark.parametrize(
@@ -931,6 +943,32 @@ ENGINE_OPTION_CASES = [
         ),
         ValueError,
         ["hyperparams['learning_rate']", "schedule", "cannot be swept"],
+    ),
+    (
+        "multistart-hyperparams-ambiguous",
+        lambda: multistart(
+            optimizer=optax.chain(jd.optim.sgd(0.1), jd.optim.momentum(0.1)),
+            hyperparams={"learning_rate": jnp.ones(2)},
+        ),
+        ValueError,
+        ["hyperparams['learning_rate']", "ambiguous", "at ['0', '1']", "e.g. '0/learning_rate'"],
+    ),
+    (
+        "multistart-hyperparams-static-option",
+        lambda: multistart(
+            optimizer=optax.inject_hyperparams(jd.optim.rmsprop)(learning_rate=0.1),
+            hyperparams={"initial_scale": jnp.ones(2)},
+        ),
+        ValueError,
+        ["hyperparams['initial_scale']", "static option of rmsprop", "cannot be swept"],
+    ),
+    (
+        "multistart-hyperparams-newton-eta",
+        lambda: multistart(
+            optimizer=jd.optim.newton(), hyperparams={"eta": jnp.array([0.1, 0.5])}
+        ),
+        ValueError,
+        ["hyperparams['eta']", "in [0, 0.25)", "0.5"],
     ),
     (
         "multistart-hyperparams-schedule-injected",

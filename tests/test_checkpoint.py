@@ -9,6 +9,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 import jaxdescent as jd
@@ -173,3 +174,21 @@ def test_resume_refuses_a_checkpoint_of_another_run(tmp_path):
         jd.fit(mse, P0, ADAM, checkpoint_dir=tmp_path, resume=True, **{**RUN, "batch_size": 5})
     with pytest.raises(ValueError, match="steps must be at least 12"):
         jd.fit(mse, P0, ADAM, checkpoint_dir=tmp_path, resume=True, **{**RUN, "steps": 8})
+
+
+def test_a_resumed_run_takes_the_new_optimizers_hyperparameters(tmp_path):
+    """Resuming with ``sgd(0.2)`` a run saved with ``sgd(0.001)`` steps with 0.2 (as an optax
+    rule, whose value lives in its closure, would), not with the value saved in the state."""
+    slow = jd.fit(mse, P0, jd.optim.sgd(0.001), data=(X, Y), steps=5, checkpoint_dir=tmp_path)
+    resumed = jd.fit(mse, P0, jd.optim.sgd(0.2), data=(X, Y), steps=25, checkpoint_dir=tmp_path,
+                     resume=True)  # fmt: skip
+    assert float(resumed.opt_state.hyperparams["learning_rate"]) == pytest.approx(0.2)
+    rest = jd.fit(mse, slow.params, jd.optim.sgd(0.2), data=(X, Y), steps=20)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6), resumed.params,
+                 rest.params)  # fmt: skip
+    # and with an optax rule in a chain holding runtime values, the same
+    chained = lambda lr: optax.chain(optax.clip(1e3), jd.optim.adam(lr))  # noqa: E731
+    jd.fit(mse, P0, chained(1e-4), data=(X, Y), steps=3, checkpoint_dir=tmp_path / "c")
+    again = jd.fit(mse, P0, chained(0.05), data=(X, Y), steps=4, checkpoint_dir=tmp_path / "c",
+                   resume=True)  # fmt: skip
+    assert float(again.opt_state[1].hyperparams["learning_rate"]) == pytest.approx(0.05)

@@ -21,6 +21,7 @@ from jaxdescent._engine import programs
 from jaxdescent._engine.cache import Traced
 from jaxdescent._engine.checks import traced_error
 from jaxdescent._engine.core import Spec, State, history_dtype, recorded_rows, rows_for
+from jaxdescent.optim.hyperparams import refresh_hyperparams
 from jaxdescent.results import Status
 
 CHECKPOINT_NAME = "checkpoint.jdc"
@@ -267,7 +268,13 @@ def _resume(path, state, steps, tol, run_meta):
     stopped = (status == Status.MAX_STEPS) | (status == Status.STALLED)
     met = stopped & ~reopen & (np.asarray(saved.grad_norm) < (-np.inf if tol is None else tol))
     status = np.where(reopen, Status.RUNNING, np.where(met, Status.CONVERGED, status))
-    saved = saved._replace(status=jnp.asarray(status, jnp.int32))
+    # the optimizer of this call decides the hyperparameters (as an optax rule's closure
+    # would): the values saved in the state are replaced by the fresh state's
+    saved = saved._replace(
+        opt_state=refresh_hyperparams(saved.opt_state, state.opt_state),
+        prev_opt_state=refresh_hyperparams(saved.prev_opt_state, state.opt_state),
+        status=jnp.asarray(status, jnp.int32),
+    )
     return saved, ([np.asarray(hist[0])], [np.asarray(hist[1])]), done
 
 

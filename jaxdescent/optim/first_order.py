@@ -9,17 +9,25 @@ are accepted and ignored. The learning rate is a float or a schedule ``count -> 
 ``count`` is the number of updates made before this one. Every rule keeps the dtype of the
 parameters in its updates and state.
 
-**Hyperparameters are runtime values.** The numeric hyperparameters given as numbers (the
-learning rate, ``b1``, ``b2``, ``eps``, ``beta``, ``decay``, ``weight_decay``, ...) live in
-the last field of the state, ``state.hyperparams``, a dict of scalar arrays in the params'
-dtype, and ``update`` reads them from there. ``update`` itself closes over static choices
-only (a form, a flag, a learning-rate schedule), so ``adam(1e-3).update`` and
-``adam(3e-2).update`` trace to the same program: a loop over learning rates compiles once,
-and states with different values can be stacked and vmapped. Two exceptions stay fixed in
-``update``: a learning rate that is a schedule, and values given as JAX arrays (which is how
-``optax.inject_hyperparams`` passes its current values on every update; ``float(x)`` moves
-such a value to the state). Values used only by ``init`` (``initial_accumulator_value``,
-``initial_scale``) shape the initial state and are not kept.
+**Hyperparameters are runtime values.** The numeric hyperparameters (the learning rate,
+``b1``, ``b2``, ``eps``, ``beta``, ``decay``, ``weight_decay``, ...) live in the last field of
+the state, ``state.hyperparams``, a dict of scalar arrays
+(:func:`~jaxdescent.optim.hyperparams.hyperparam_dtype`), and ``update`` reads them from
+there. ``update`` itself closes over static choices only (a form, a flag, a learning-rate
+schedule), so ``adam(1e-3).update`` and ``adam(3e-2).update`` trace to the same program: a
+loop over learning rates compiles once, and states with different values can be stacked and
+vmapped. Two kinds of value stay fixed in ``update``: a learning rate that is a schedule,
+and values given as JAX arrays (which is how ``optax.inject_hyperparams`` passes its current
+values on every update); the state holds a copy of the latter, so that the inner state of
+``optax.inject_hyperparams(rule)(...)`` equals that of ``rule(...)``. Values used only by
+``init`` (``initial_accumulator_value``, ``initial_scale``) shape the initial state and are not
+kept. Each rule's values are checked by its table in :mod:`jaxdescent.optim.hyperparams`.
+
+**Complex parameters** are handled as optax handles them: the second moments accumulate
+``|g|^2 = conj(g) g`` (real, kept in the params' complex dtype), the first moments ``g``
+itself, so every rule takes optax's steps. For a real loss of complex params ``jax.grad``
+returns the conjugate of the steepest-ascent direction: pass ``jnp.conj`` of it, as optax's
+own tests do.
 """
 
 from __future__ import annotations
@@ -30,25 +38,26 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from jaxdescent._checks import (
-    check_choice,
-    check_nonnegative,
-    check_positive,
-    check_unit_interval,
-)
+from jaxdescent._checks import check_choice
 from jaxdescent.optim._common import (
     check_flag,
     check_grads,
-    checked_learning_rate,
-    current_hyperparams,
     full_like,
     increment,
-    initial_hyperparams,
     scale_like,
     shape_only,
-    split_hyperparams,
     zero_count,
     zeros_like,
+)
+from jaxdescent.optim.hyperparams import (
+    ADAGRAD,
+    ADAM,
+    ADAMW,
+    MOMENTUM,
+    RMSPROP,
+    SGD,
+    Checked,
+    Fixed,
 )
 
 __all__ = [
@@ -126,6 +135,14 @@ def _c(value: Any, like: jax.Array) -> jax.Array:
     return jnp.asarray(value, dtype=like.dtype)
 
 
+def _abs_sq(g: jax.Array) -> jax.Array:
+    """``|g|^2``: ``g * g`` for real ``g``, ``(conj(g) g).real`` for complex (optax's
+    ``abs_sq``; ``g * g`` would be ``g^2``, a complex number of the wrong phase)."""
+    if jnp.iscomplexobj(g):
+        return (g.conj() * g).real
+    return g * g
+
+
 def sgd(learning_rate: optax.ScalarOrSchedule) -> optax.GradientTransformationExtraArgs:
     r"""Gradient descent: step against the gradient.
 
@@ -155,21 +172,23 @@ def sgd(learning_rate: optax.ScalarOrSchedule) -> optax.GradientTransformationEx
       Cauchy, *Méthode générale pour la résolution des systèmes d'équations simultanées*, 1847.
       Robbins and Monro, *A stochastic approximation method*, 1951.
     """
-    checked_learning_rate(learning_rate)
-    schedule, pinned, runtime = split_hyperparams(learning_rate)
+    checked = SGD.check(learning_rate=learning_rate)
+    fixed = checked.fixed
 
     @shape_only
     def init(params):
-        return SgdState(count=_count(), hyperparams=initial_hyperparams(runtime, params))
+        return SgdState(count=_count(), hyperparams=checked.init(params))
 
     def update(grads, state, params=None, **extra):
         check_grads(grads, params)
         del params, extra
-        hp = current_hyperparams(state.hyperparams, pinned, schedule, state.count)
-        new_state = SgdState(count=increment(state.count), hyperparams=state.hyperparams)
+        hp = fixed.values(state.hyperparams, state.count)
+        new_state = SgdState(
+            count=increment(state.count), hyperparams=fixed.carry(state.hyperparams)
+        )
         return scale_like(grads, -hp["learning_rate"]), new_state
 
-    return optax.GradientTransformationExtraArgs(init, update)
+    return optax.GradientTransformationExtraArgs(init, fixed.mark(update))
 
 
 _MOMENTUM_FORMS = ("ema", "classical", "nesterov")
@@ -230,23 +249,20 @@ def momentum(
       Sutskever, Martens, Dahl and Hinton, *On the importance of initialization and momentum
       in deep learning*, ICML 2013.
     """
-    checked_learning_rate(learning_rate)
-    check_unit_interval("beta", beta)
+    checked = MOMENTUM.check(learning_rate=learning_rate, beta=beta)
     check_choice("form", form, _MOMENTUM_FORMS)
-    schedule, pinned, runtime = split_hyperparams(learning_rate, beta=beta)
+    fixed = checked.fixed
 
     @shape_only
     def init(params):
         return MomentumState(
-            count=_count(),
-            velocity=zeros_like(params),
-            hyperparams=initial_hyperparams(runtime, params),
+            count=_count(), velocity=zeros_like(params), hyperparams=checked.init(params)
         )
 
     def update(grads, state, params=None, **extra):
         check_grads(grads, params, state.velocity)
         del params, extra
-        hp = current_hyperparams(state.hyperparams, pinned, schedule, state.count)
+        hp = fixed.values(state.hyperparams, state.count)
         b = hp["beta"]
         if form == "ema":
             velocity = jax.tree.map(
@@ -260,11 +276,13 @@ def momentum(
                 direction = jax.tree.map(lambda v, g: g + _c(b, v) * v, velocity, grads)
         updates = scale_like(direction, -hp["learning_rate"])
         new_state = MomentumState(
-            count=increment(state.count), velocity=velocity, hyperparams=state.hyperparams
+            count=increment(state.count),
+            velocity=velocity,
+            hyperparams=fixed.carry(state.hyperparams),
         )
         return updates, new_state
 
-    return optax.GradientTransformationExtraArgs(init, update)
+    return optax.GradientTransformationExtraArgs(init, fixed.mark(update))
 
 
 def adagrad(
@@ -302,24 +320,24 @@ def adagrad(
       Duchi, Hazan and Singer, *Adaptive subgradient methods for online learning and
       stochastic optimization*, JMLR 2011.
     """
-    checked_learning_rate(learning_rate)
-    check_nonnegative("initial_accumulator_value", initial_accumulator_value)
-    check_positive("eps", eps)
-    schedule, pinned, runtime = split_hyperparams(learning_rate, eps=eps)
+    checked = ADAGRAD.check(
+        learning_rate=learning_rate, initial_accumulator_value=initial_accumulator_value, eps=eps
+    )
+    fixed, initial = checked.fixed, checked.static["initial_accumulator_value"]
 
     @shape_only
     def init(params):
         return AdagradState(
             count=_count(),
-            sum_of_squares=full_like(params, initial_accumulator_value),
-            hyperparams=initial_hyperparams(runtime, params),
+            sum_of_squares=full_like(params, initial),
+            hyperparams=checked.init(params),
         )
 
     def update(grads, state, params=None, **extra):
         check_grads(grads, params, state.sum_of_squares)
         del params, extra
-        hp = current_hyperparams(state.hyperparams, pinned, schedule, state.count)
-        sums = jax.tree.map(lambda s, g: s + g * g, state.sum_of_squares, grads)
+        hp = fixed.values(state.hyperparams, state.count)
+        sums = jax.tree.map(lambda s, g: s + _abs_sq(g), state.sum_of_squares, grads)
         scaled = jax.tree.map(
             lambda s, g: (
                 jnp.where(s > 0, jax.lax.rsqrt(s + _c(hp["eps"], s)), 0.0).astype(g.dtype) * g
@@ -328,11 +346,13 @@ def adagrad(
             grads,
         )
         new_state = AdagradState(
-            count=increment(state.count), sum_of_squares=sums, hyperparams=state.hyperparams
+            count=increment(state.count),
+            sum_of_squares=sums,
+            hyperparams=fixed.carry(state.hyperparams),
         )
         return scale_like(scaled, -hp["learning_rate"]), new_state
 
-    return optax.GradientTransformationExtraArgs(init, update)
+    return optax.GradientTransformationExtraArgs(init, fixed.mark(update))
 
 
 def rmsprop(
@@ -388,46 +408,47 @@ def rmsprop(
       Tieleman and Hinton, *Lecture 6.5 - rmsprop*, COURSERA: Neural Networks, 2012.
       Graves, *Generating sequences with recurrent neural networks*, 2013 (centred form).
     """
-    checked_learning_rate(learning_rate)
-    check_unit_interval("decay", decay)
-    check_positive("eps", eps)
-    check_nonnegative("initial_scale", initial_scale)
+    checked = RMSPROP.check(
+        learning_rate=learning_rate,
+        decay=decay,
+        eps=eps,
+        momentum=momentum,
+        initial_scale=initial_scale,
+    )
     centered = check_flag("centered", centered)
     nesterov = check_flag("nesterov", nesterov)
     has_momentum = momentum is not None
-    if has_momentum:
-        check_unit_interval("momentum", momentum)
-    elif nesterov:
+    if nesterov and not has_momentum:
         raise ValueError(
             "nesterov=True needs momentum, a coefficient in [0, 1) (e.g. momentum=0.9): "
             "without a momentum trace there is nothing to apply Nesterov's form to; "
             "got momentum=None"
         )
-    schedule, pinned, runtime = split_hyperparams(
-        learning_rate, decay=decay, eps=eps, **({"momentum": momentum} if has_momentum else {})
-    )
+    fixed, initial = checked.fixed, checked.static["initial_scale"]
 
     @shape_only
     def init(params):
         zeros = zeros_like(params)
         return RmspropState(
             count=_count(),
-            nu=full_like(params, initial_scale),
+            nu=full_like(params, initial),
             mu=zeros if centered else None,
             trace=zeros if has_momentum else None,
-            hyperparams=initial_hyperparams(runtime, params),
+            hyperparams=checked.init(params),
         )
 
     def update(grads, state, params=None, **extra):
         check_grads(grads, params, state.nu)
         del params, extra
-        hp = current_hyperparams(state.hyperparams, pinned, schedule, state.count)
+        hp = fixed.values(state.hyperparams, state.count)
         rho, eps_ = hp["decay"], hp["eps"]
-        nu = jax.tree.map(lambda n, g: _c(1 - rho, g) * (g * g) + _c(rho, n) * n, state.nu, grads)
+        nu = jax.tree.map(
+            lambda n, g: _c(1 - rho, g) * _abs_sq(g) + _c(rho, n) * n, state.nu, grads
+        )
         if centered:
             mu = jax.tree.map(lambda m, g: _c(1 - rho, g) * g + _c(rho, m) * m, state.mu, grads)
             scaled = jax.tree.map(
-                lambda g, n, m: g * jax.lax.rsqrt(n - m * m + _c(eps_, n)), grads, nu, mu
+                lambda g, n, m: g * jax.lax.rsqrt(n - _abs_sq(m) + _c(eps_, n)), grads, nu, mu
             )
         else:
             mu = None
@@ -441,17 +462,21 @@ def rmsprop(
                 jax.tree.map(lambda u, b: u + _c(m, b) * b, updates, trace) if nesterov else trace
             )
         new_state = RmspropState(
-            count=increment(state.count), nu=nu, mu=mu, trace=trace, hyperparams=state.hyperparams
+            count=increment(state.count),
+            nu=nu,
+            mu=mu,
+            trace=trace,
+            hyperparams=fixed.carry(state.hyperparams),
         )
         return updates, new_state
 
-    return optax.GradientTransformationExtraArgs(init, update)
+    return optax.GradientTransformationExtraArgs(init, fixed.mark(update))
 
 
-def _adam_direction(grads, state: AdamState, hp: dict[str, jax.Array]):
+def _adam_direction(grads, state: AdamState, hp: dict[str, jax.Array], fixed: Fixed):
     b1, b2 = hp["b1"], hp["b2"]
     mu = jax.tree.map(lambda m, g: _c(1 - b1, g) * g + _c(b1, m) * m, state.mu, grads)
-    nu = jax.tree.map(lambda v, g: _c(1 - b2, g) * (g * g) + _c(b2, v) * v, state.nu, grads)
+    nu = jax.tree.map(lambda v, g: _c(1 - b2, g) * _abs_sq(g) + _c(b2, v) * v, state.nu, grads)
     count = increment(state.count)
     # 1 - b^t as 1 - exp(t log b): the same value to rounding, and exp vectorises on CPU where
     # pow does not (with one count per restart under vmap, pow dominated the whole step)
@@ -469,25 +494,18 @@ def _adam_direction(grads, state: AdamState, hp: dict[str, jax.Array]):
         mu,
         nu,
     )
-    return direction, AdamState(count=count, mu=mu, nu=nu, hyperparams=state.hyperparams)
+    new_state = AdamState(count=count, mu=mu, nu=nu, hyperparams=fixed.carry(state.hyperparams))
+    return direction, new_state
 
 
-def _check_adam(learning_rate, b1, b2, eps, eps_root) -> None:
-    checked_learning_rate(learning_rate)
-    check_unit_interval("b1", b1)
-    check_unit_interval("b2", b2)
-    check_positive("eps", eps)
-    check_nonnegative("eps_root", eps_root)
-
-
-def _adam_init(runtime):
+def _adam_init(checked: Checked):
     @shape_only
     def init(params):
         return AdamState(
             count=_count(),
             mu=zeros_like(params),
             nu=zeros_like(params),
-            hyperparams=initial_hyperparams(runtime, params),
+            hyperparams=checked.init(params),
         )
 
     return init
@@ -533,19 +551,17 @@ def adam(
     References:
       Kingma and Ba, *Adam: A method for stochastic optimization*, ICLR 2015.
     """
-    _check_adam(learning_rate, b1, b2, eps, eps_root)
-    schedule, pinned, runtime = split_hyperparams(
-        learning_rate, b1=b1, b2=b2, eps=eps, eps_root=eps_root
-    )
+    checked = ADAM.check(learning_rate=learning_rate, b1=b1, b2=b2, eps=eps, eps_root=eps_root)
+    fixed = checked.fixed
 
     def update(grads, state, params=None, **extra):
         check_grads(grads, params, state.mu)
         del params, extra
-        hp = current_hyperparams(state.hyperparams, pinned, schedule, state.count)
-        direction, new_state = _adam_direction(grads, state, hp)
+        hp = fixed.values(state.hyperparams, state.count)
+        direction, new_state = _adam_direction(grads, state, hp, fixed)
         return scale_like(direction, -hp["learning_rate"]), new_state
 
-    return optax.GradientTransformationExtraArgs(_adam_init(runtime), update)
+    return optax.GradientTransformationExtraArgs(_adam_init(checked), fixed.mark(update))
 
 
 def adamw(
@@ -587,21 +603,25 @@ def adamw(
     References:
       Loshchilov and Hutter, *Decoupled weight decay regularization*, ICLR 2019.
     """
-    _check_adam(learning_rate, b1, b2, eps, eps_root)
-    check_nonnegative("weight_decay", weight_decay)
-    schedule, pinned, runtime = split_hyperparams(
-        learning_rate, b1=b1, b2=b2, eps=eps, eps_root=eps_root, weight_decay=weight_decay
+    checked = ADAMW.check(
+        learning_rate=learning_rate,
+        b1=b1,
+        b2=b2,
+        eps=eps,
+        eps_root=eps_root,
+        weight_decay=weight_decay,
     )
+    fixed = checked.fixed
 
     def update(grads, state, params=None, **extra):
         del extra
         if params is None:
             raise ValueError("adamw needs params in update(grads, state, params)")
         check_grads(grads, params)
-        hp = current_hyperparams(state.hyperparams, pinned, schedule, state.count)
-        direction, new_state = _adam_direction(grads, state, hp)
+        hp = fixed.values(state.hyperparams, state.count)
+        direction, new_state = _adam_direction(grads, state, hp, fixed)
         wd = hp["weight_decay"]
         direction = jax.tree.map(lambda d, p: d + _c(wd, p) * p, direction, params)
         return scale_like(direction, -hp["learning_rate"]), new_state
 
-    return optax.GradientTransformationExtraArgs(_adam_init(runtime), update)
+    return optax.GradientTransformationExtraArgs(_adam_init(checked), fixed.mark(update))

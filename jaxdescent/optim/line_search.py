@@ -20,20 +20,22 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from jaxdescent._checks import check_int, check_positive, check_real
 from jaxdescent.optim._common import increment
+from jaxdescent.optim.hyperparams import BACKTRACKING_LINE_SEARCH
 
 __all__ = ["BacktrackingLineSearchState", "backtracking_line_search"]
 
 
 class BacktrackingLineSearchState(NamedTuple):
-    """State of :func:`backtracking_line_search`: update count and the last accepted step.
+    """State of :func:`backtracking_line_search`: update count, the last accepted step and
+    the runtime hyperparameters (``initial_step``, ``shrink``, ``c1``).
 
     ``step_size`` is ``0`` after a search that found no acceptable step (the update was zero).
     """
 
     count: jax.Array
     step_size: jax.Array
+    hyperparams: dict[str, jax.Array]
 
 
 def tree_vdot(a: Any, b: Any) -> jax.Array:
@@ -105,15 +107,13 @@ def armijo_step(
 
 
 def check_line_search(initial_step: float, shrink: float, c1: float, max_steps: int) -> int:
-    """Python-side checks of the line-search hyperparameters; returns ``max_steps``."""
-    check_positive("initial_step", initial_step)
-    check_real("shrink", shrink)
-    if not 0.0 < float(shrink) < 1.0:
-        raise ValueError(f"shrink must be in (0, 1); got {shrink!r}")
-    check_real("c1", c1)
-    if not 0.0 < float(c1) < 1.0:
-        raise ValueError(f"c1 must be in (0, 1); got {c1!r}")
-    return check_int("max_steps", max_steps, minimum=1)
+    """Python-side checks of the line-search hyperparameters (by
+    :data:`~jaxdescent.optim.hyperparams.BACKTRACKING_LINE_SEARCH`'s table); returns
+    ``max_steps`` as an ``int``."""
+    checked = BACKTRACKING_LINE_SEARCH.check(
+        initial_step=initial_step, shrink=shrink, c1=c1, max_steps=max_steps
+    )
+    return checked.static["max_steps"]
 
 
 def missing_value_fn(rule: str) -> ValueError:
@@ -154,7 +154,9 @@ def backtracking_line_search(
       max_steps: most trial steps per update (at least 1).
 
     Returns:
-      An optax transformation with state :class:`BacktrackingLineSearchState`.
+      An optax transformation with state :class:`BacktrackingLineSearchState`;
+      ``state.hyperparams`` holds ``initial_step``, ``shrink`` and ``c1`` (runtime values:
+      builds that differ in them share a compiled program, and a sweep can set them).
 
     Example:
       >>> import jax.numpy as jnp, optax, jaxdescent as jd
@@ -169,11 +171,16 @@ def backtracking_line_search(
       derivatives*, Pacific Journal of Mathematics, 1966.
       Nocedal and Wright, *Numerical Optimization*, 2nd ed., 2006, Algorithm 3.1.
     """
-    max_steps = check_line_search(initial_step, shrink, c1, max_steps)
+    checked = BACKTRACKING_LINE_SEARCH.check(
+        initial_step=initial_step, shrink=shrink, c1=c1, max_steps=max_steps
+    )
+    fixed, max_steps = checked.fixed, checked.static["max_steps"]
 
     def init(params):
         return BacktrackingLineSearchState(
-            count=jnp.zeros([], jnp.int32), step_size=jnp.zeros([], tree_dtype(params))
+            count=jnp.zeros([], jnp.int32),
+            step_size=jnp.zeros([], tree_dtype(params)),
+            hyperparams=checked.init(params),
         )
 
     def update(updates, state, params=None, *, value_fn=None, value=None, grad=None, **extra):
@@ -185,21 +192,24 @@ def backtracking_line_search(
         if value is None or grad is None:
             value, grad = jax.value_and_grad(value_fn)(params)
         slope = tree_vdot(grad, updates)
+        hp = fixed.values(state.hyperparams, state.count)
         step, _ = armijo_step(
             value_fn,
             params,
             updates,
             value,
             slope,
-            initial_step=initial_step,
-            shrink=shrink,
-            c1=c1,
+            initial_step=hp["initial_step"],
+            shrink=hp["shrink"],
+            c1=hp["c1"],
             max_steps=max_steps,
         )
         new_updates = jax.tree.map(lambda u: jnp.asarray(step, u.dtype) * u, updates)
         new_state = BacktrackingLineSearchState(
-            count=increment(state.count), step_size=step.astype(state.step_size.dtype)
+            count=increment(state.count),
+            step_size=step.astype(state.step_size.dtype),
+            hyperparams=fixed.carry(state.hyperparams),
         )
         return new_updates, new_state
 
-    return optax.GradientTransformationExtraArgs(init, update)
+    return optax.GradientTransformationExtraArgs(init, fixed.mark(update))
