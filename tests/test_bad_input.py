@@ -768,7 +768,7 @@ def test_good_input_gets_past_every_check(no_loop_compile):
             call()
 
 
-# --- first-order rules' options, the decays and runtime hyperparameters (issue 12) ---------
+# --- first-order rules' options, the decays and runtime hyperparameters ---------------------
 
 RULE_OPTION_CASES = [
     (
@@ -857,7 +857,7 @@ def test_bad_rule_options_and_hyperparameters(no_loop_compile, call, error, frag
     assert_clear(excinfo, fragments)
 
 
-# --- engine options: flags are booleans, options that cannot apply are errors (issue 12) ---
+# --- engine options: flags are booleans, options that cannot apply are errors --------------
 
 ENGINE_OPTION_CASES = [
     ("fit-progress-string", lambda: fit(progress="no"), TypeError, ["progress", "'no'"]),
@@ -1013,7 +1013,7 @@ def test_checkpoint_save_refuses_a_string_leaf(tmp_path):
         jd.checkpoint.save(tmp_path / "c.jdc", {"w": jnp.ones(2), "name": "run-1"})
 
 
-# --- numerics, labels and messages outside the engine (issue 12) ------------------------------
+# --- numerics, labels and messages outside the engine -----------------------------------------
 
 DATA_CASES = [
     (

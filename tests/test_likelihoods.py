@@ -267,12 +267,13 @@ def test_bad_arguments():
     Categorical().check_targets(np.array([0, 2]), num_classes=3)
 
 
-# --- float32 edge cases (issue 12) ------------------------------------------------------------
+# --- float32 edge cases ------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("cls", [jd.likelihoods.Gaussian, jd.likelihoods.Laplace])
 def test_learned_scale_is_finite_at_an_exact_fit_with_a_tiny_scale(cls):
-    """y == mean with log-scale <= -89 in float32 used to give 0 * exp(89) = nan."""
+    """y == mean with log-scale <= -89 in float32: the residual term is 0, not
+    0 * exp(89) = nan."""
     lik = cls(learn_scale=True)
     out = jnp.array([[1.0, -95.0], [1.0, -95.0], [0.5, -95.0]], jnp.float32)
     y = jnp.array([1.0, 1.0, 0.5 + 2.0**-24], jnp.float32)
@@ -287,8 +288,8 @@ def test_learned_scale_is_finite_at_an_exact_fit_with_a_tiny_scale(cls):
 
 def test_a_heteroscedastic_fit_with_an_exactly_fitted_point_stays_finite():
     """A free log-scale per example: at the exactly fitted point it falls without bound
-    (its NLL is ``log sigma + const``) and passes -89 within the run; the old float32
-    ``0 * exp(89)`` then ended the run NONFINITE."""
+    (its NLL is ``log sigma + const``) and passes -89 within the run, where a float32
+    ``0 * exp(89)`` would be NaN and end the run NONFINITE."""
     x = jnp.linspace(-1.0, 1.0, 16)[:, None]
     y = 2.0 * x[:, 0] + 0.1 * jnp.sin(7.0 * x[:, 0])
     y = y.at[0].set(2.0 * x[0, 0])  # the mean 2 x fits this point exactly
@@ -299,7 +300,7 @@ def test_a_heteroscedastic_fit_with_an_exactly_fitted_point_stays_finite():
     loss = jd.losses.nll(apply, jd.likelihoods.Gaussian(learn_scale=True))
     res = jd.fit(loss, {"w": jnp.array(0.0), "s": jnp.zeros(16)}, jd.optim.sgd(50.0),
                  data=(x, y), steps=60)  # fmt: skip
-    assert float(res.params["s"][0]) < -89.0  # past the old overflow
+    assert float(res.params["s"][0]) < -89.0  # past where exp(-s) overflows float32
     assert int(res.status) == jd.Status.MAX_STEPS
     assert np.all(np.isfinite(np.asarray(res.losses)))
 

@@ -352,3 +352,23 @@ def test_solve_checks_its_input_before_compiling():
         jd.solve(bowl, jnp.ones(2), jd.optim.sgd(0.1), steps=2, batch_size=2)
     with pytest.raises(TypeError, match="floating"):
         jd.solve(bowl, jnp.ones(2, jnp.int32), jd.optim.sgd(0.1), steps=2)
+
+
+@pytest.mark.parametrize("name", ["Misra1a", "Lanczos3", "BoxBOD"])
+def test_jitted_solve_equals_fit_on_nist(x64, name):
+    if name not in jd.nist.names():
+        pytest.skip("the NIST StRD data are not here (shared/data/nist-strd)")
+    prob = jd.nist.load(name)
+    loss = jd.losses.nll(prob.model, jd.likelihoods.Gaussian())
+    rule = jd.optim.levenberg_marquardt()
+    run = {"steps": 200, "tol": 1e-6}
+    for start in prob.starts:
+        fitted = jd.fit(loss, start, rule, data=(prob.x, prob.y), **run)
+        sol = jax.jit(lambda b, x, y: jd.solve(loss, b, rule, data=(x, y), **run))(
+            start, prob.x, prob.y
+        )
+        # inside a caller's jit the loop is compiled with the default XLA options (fit
+        # compiles curvature rules for latency), so the last digits, and near the floor of
+        # the precision the number of steps, may differ
+        np.testing.assert_allclose(sol.params, fitted.params, rtol=1e-8)
+        assert int(sol.status) == int(fitted.status)
