@@ -43,8 +43,8 @@ or a Poisson one with a group of all-zero counts, the likelihood has no maximum:
 rising as some parameters go to infinity, and a fit only stops where the gradient is small.
 Its estimates and standard errors are then meaningless. An element (a target value; for a
 Categorical, a class other than the observed one) is at the boundary when the model gives
-the outcomes other than the observed one a probability of at most ``BOUNDARY`` (a fitted
-probability within 0.01 of 0 or 1, a fitted rate below about 0.01 where the count is 0). The
+the outcomes other than the observed one a probability of at most 0.01 (a fitted probability
+within 0.01 of 0 or 1, a fitted rate below about 0.01 where the count is 0). The
 MLE is reported not to exist (:attr:`Flag.INFINITE_ESTIMATE`) when every element is at the
 boundary (statsmodels' perfect-prediction test), or when there is a direction ``d`` along
 which the information of the other elements is zero to working precision (``J_R d = 0``) and
@@ -86,7 +86,6 @@ from jaxdescent.losses import NLL
 from jaxdescent.optim.least_squares import _curvature
 
 __all__ = [
-    "BOUNDARY",
     "Flag",
     "InfiniteEstimateWarning",
     "Uncertainty",
@@ -98,9 +97,9 @@ __all__ = [
 
 _METHODS = ("fisher", "hessian", "sandwich")
 
-BOUNDARY = 0.01
-"""An element is at the boundary when the outcomes other than the observed one have a fitted
-probability of at most this (see the module docstring, *Estimates at infinity*)."""
+# an element is at the boundary when the outcomes other than the observed one have a fitted
+# probability of at most this (the module docstring, *Estimates at infinity*)
+_BOUNDARY = 0.01
 
 
 class Flag(enum.IntEnum):
@@ -225,10 +224,6 @@ def _check_degrees_of_freedom(params: Any, y: Any) -> None:
         )
 
 
-def _traced(*trees: Any) -> bool:
-    return any(isinstance(leaf, jax.core.Tracer) for leaf in jax.tree.leaves(trees))
-
-
 # --- the numeric core -------------------------------------------------------------------------
 
 
@@ -283,7 +278,7 @@ def _boundary(likelihood: Any, out: jax.Array, y: jax.Array) -> _Boundary | None
         z = out.reshape(y.shape)
         hard = (y == 0) | (y == 1)
         other = jax.nn.sigmoid(jnp.where(y == 1, -z, z))  # P(the other label), no cancellation
-        at = hard & (other <= BOUNDARY)
+        at = hard & (other <= _BOUNDARY)
         sign = jnp.where(y == 1, 1.0, -1.0).astype(out.dtype)
         limit = jnp.where(at, jnp.where(y == 1, jnp.inf, -jnp.inf), z).reshape(out.shape)
 
@@ -293,8 +288,8 @@ def _boundary(likelihood: Any, out: jax.Array, y: jax.Array) -> _Boundary | None
         return _Boundary(at, hard, limit, toward)
     if isinstance(likelihood, Poisson):
         eta = out.reshape(y.shape)
-        # P(count > 0) = 1 - exp(-rate) <= BOUNDARY
-        at = (y == 0) & (-jnp.expm1(-jnp.exp(eta)) <= BOUNDARY)
+        # P(count > 0) = 1 - exp(-rate) <= _BOUNDARY
+        at = (y == 0) & (-jnp.expm1(-jnp.exp(eta)) <= _BOUNDARY)
         limit = jnp.where(at, -jnp.inf, eta).reshape(out.shape)
 
         def toward(u):
@@ -307,7 +302,7 @@ def _boundary(likelihood: Any, out: jax.Array, y: jax.Array) -> _Boundary | None
         else:
             target = y.astype(out.dtype)
         unobserved = target == 0
-        at = unobserved & (jax.nn.softmax(out, axis=-1) <= BOUNDARY)
+        at = unobserved & (jax.nn.softmax(out, axis=-1) <= _BOUNDARY)
         limit = jnp.where(at, -jnp.inf, out)
         weights = target / jnp.sum(target, axis=-1, keepdims=True)
 
@@ -424,7 +419,7 @@ def _core(loss_ref: Callable, method: str, given: bool) -> Callable:
 def _evaluate(
     loss: NLL, params: Any, data: Any, method: str, dispersion: Any
 ) -> tuple[_Core, bool]:
-    """Check the arguments, run the (cached, jitted) core; ``(result, traced)``."""
+    """Check the arguments, run the (cached, jitted) core; ``(result, whether it is traced)``."""
     method = check_choice("method", method, _METHODS)
     x, y = _check(loss, params, data)
     phi = _check_dispersion(dispersion)
@@ -434,7 +429,9 @@ def _evaluate(
     run = cached(
         loss, ("inference", method, given), lambda: jax.jit(_core(owner_ref(loss), method, given))
     )
-    return run(params, x, y, phi), _traced(params, x, y, phi)
+    core = run(params, x, y, phi)
+    # traced inputs, or concrete ones inside a caller's jax.jit, give a traced result
+    return core, isinstance(core.flag, jax.core.Tracer)
 
 
 # --- the eager reports ------------------------------------------------------------------------
@@ -458,24 +455,23 @@ def _divergence_message(loss: NLL, params: Any, core: _Core) -> str:
     if isinstance(loss.likelihood, Poisson):
         what = (
             f"{count} of the {eligible} zero counts have fitted rates near 0 (P(count > 0) <= "
-            f"{BOUNDARY:g}), e.g. a group whose counts are all 0"
+            f"{_BOUNDARY:g}), e.g. a group whose counts are all 0"
         )
     elif isinstance(loss.likelihood, Categorical):
         what = (
-            f"{count} of the {eligible} unobserved classes have fitted probabilities <= "
-            f"{BOUNDARY:g} (complete or quasi-complete separation of the classes)"
+            f"{count} of the {eligible} probabilities of classes other than the observed one are "
+            f"fitted <= {_BOUNDARY:g} (complete or quasi-complete separation of the classes)"
         )
     else:
         what = (
-            f"{count} of the {eligible} labels are fitted with probability within {BOUNDARY:g} "
+            f"{count} of the {eligible} labels are fitted with probability within {_BOUNDARY:g} "
             "of 0 or 1 (complete or quasi-complete separation)"
         )
     return (
         f"the maximum-likelihood estimate does not exist: {what}, and the likelihood still "
         "rises along a direction that only those elements determine, moving mostly "
-        f"{_names(params, np.asarray(core.direction))}. The fit stopped only because the "
-        "gradient became small; longer fits send these parameters further towards infinity. "
-        "The estimates and their standard errors are not meaningful: drop or merge what "
+        f"{_names(params, np.asarray(core.direction))}. Wherever a fit stops, a longer one "
+        "moves these parameters further towards infinity. The estimates and their standard errors are not meaningful: drop or merge what "
         "separates the data, or add a penalty to the loss"
     )
 
@@ -509,7 +505,7 @@ def _report(loss: NLL, params: Any, method: str, core: _Core) -> None:
     if flag == Flag.INVALID_DISPERSION:  # only reached with a traced dispersion
         raise ValueError(f"dispersion must be a finite number > 0; got {float(core.dispersion)}")
     if flag == Flag.INFINITE_ESTIMATE:
-        warnings.warn(_divergence_message(loss, params, core), InfiniteEstimateWarning, 4)
+        warnings.warn(_divergence_message(loss, params, core), InfiniteEstimateWarning, 3)
 
 
 # --- the public API ---------------------------------------------------------------------------
