@@ -267,6 +267,7 @@ class _Boundary(NamedTuple):
 
     at: jax.Array  # bool, one per element
     eligible: jax.Array  # bool: elements that can be at the boundary at all
+    exempt: jax.Array  # bool: elements that need not be there for a perfect prediction
     limit: jax.Array  # the outputs with the boundary elements sent to their limit
     toward: Callable  # (output changes, shape out.shape + (c,)) -> (elements + (c,)): > 0
     # where an element moves towards its observed outcome
@@ -285,7 +286,7 @@ def _boundary(likelihood: Any, out: jax.Array, y: jax.Array) -> _Boundary | None
         def toward(u):
             return sign[..., None] * u.reshape((*y.shape, u.shape[-1]))
 
-        return _Boundary(at, hard, limit, toward)
+        return _Boundary(at, hard, jnp.zeros_like(at), limit, toward)
     if isinstance(likelihood, Poisson):
         eta = out.reshape(y.shape)
         # P(count > 0) = 1 - exp(-rate) <= _BOUNDARY
@@ -295,7 +296,7 @@ def _boundary(likelihood: Any, out: jax.Array, y: jax.Array) -> _Boundary | None
         def toward(u):
             return -u.reshape((*y.shape, u.shape[-1]))
 
-        return _Boundary(at, y == 0, limit, toward)
+        return _Boundary(at, y == 0, jnp.zeros_like(at), limit, toward)
     if isinstance(likelihood, Categorical):
         if jnp.issubdtype(y.dtype, jnp.integer):
             target = jax.nn.one_hot(y, out.shape[-1], dtype=out.dtype)
@@ -309,7 +310,7 @@ def _boundary(likelihood: Any, out: jax.Array, y: jax.Array) -> _Boundary | None
         def toward(u):  # the observed classes' logits gain on class k's
             return jnp.sum(weights[..., None] * u, axis=-2, keepdims=True) - u
 
-        return _Boundary(at, unobserved, limit, toward)
+        return _Boundary(at, unobserved, target == 1, limit, toward)
     return None
 
 
@@ -352,7 +353,7 @@ def _divergence(
     slack = jnp.sqrt(jnp.finfo(moves.dtype).eps) * big
     one_way = (big > 0) & ((lowest >= -slack) | (highest <= slack))
     found = usable & one_way
-    every = jnp.all(b.at | ~b.eligible) & jnp.any(b.eligible)
+    every = jnp.all(b.at | b.exempt)  # a perfect prediction
     diverging = every | jnp.any(found)
     direction = jnp.where(jnp.any(found), candidates[:, jnp.argmax(found)], newton)
     direction = direction / jnp.maximum(jnp.max(jnp.abs(direction)), jnp.finfo(flat.dtype).tiny)
