@@ -107,7 +107,8 @@ class Flag(enum.IntEnum):
 
     - ``OK``: the covariance exists.
     - ``SINGULAR``: the information matrix is singular to working precision (the data do not
-      determine every parameter at these params).
+      determine every parameter at these params; or a fit has run so far towards an estimate
+      at infinity that the information underflowed, which the eager error then says).
     - ``NOT_POSITIVE_DEFINITE``: the information has a negative scaled eigenvalue
       (``method="hessian"`` or ``"sandwich"`` at params that are not a maximum).
     - ``NON_FINITE``: the information, the scores or the estimated dispersion is not finite.

@@ -176,9 +176,9 @@ BERNOULLI = jd.losses.nll(_linear, jd.likelihoods.Bernoulli())
 POISSON = jd.losses.nll(_linear, jd.likelihoods.Poisson())
 
 
-def _fit(loss, x, y, tol=1e-6):
-    params = {"w": jnp.zeros(x.shape[1]), "b": jnp.zeros(())}
-    data = (jnp.asarray(x, jnp.float32), jnp.asarray(y, jnp.float32))
+def _fit(loss, x, y, tol=1e-6, dtype=jnp.float32):
+    params = {"w": jnp.zeros(x.shape[1], dtype), "b": jnp.zeros((), dtype)}
+    data = (jnp.asarray(x, dtype), jnp.asarray(y, dtype))
     res = jd.fit(loss, params, jd.optim.gauss_newton(), data=data, steps=100, tol=tol)
     assert res.success  # the engine calls these converged: only inference can tell
     return res.params, data
@@ -214,14 +214,17 @@ def test_separated_logistic_regression_warns_that_the_mle_does_not_exist(kind):
     assert int(jd.inference.uncertainty(BERNOULLI, params, data).flag) == Flag.INFINITE_ESTIMATE
 
 
-def test_a_poisson_group_of_zero_counts_warns_that_the_mle_does_not_exist():
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_a_poisson_group_of_zero_counts_warns_that_the_mle_does_not_exist(dtype):
     rng = np.random.default_rng(4)
     x = rng.normal(size=(80, 3)) * 0.5
     x[:, 2] = np.arange(80) < 10
     y = np.where(x[:, 2] == 1, 0.0, rng.poisson(np.exp(0.5 + x[:, 0])))
-    params, data = _fit(POISSON, x, y)
-    with pytest.warns(InfiniteEstimateWarning, match=r"10 of the \d+ zero counts") as record:
-        jd.inference.covariance(POISSON, params, data)
+    with jax.enable_x64(dtype == "float64"):
+        tol = 1e-9 if dtype == "float64" else 1e-6
+        params, data = _fit(POISSON, x, y, tol=tol, dtype=jnp.dtype(dtype))
+        with pytest.warns(InfiniteEstimateWarning, match=r"10 of the \d+ zero counts") as record:
+            jd.inference.covariance(POISSON, params, data)
     assert "params['w'][2]" in str(record[0].message)
 
 
