@@ -97,8 +97,8 @@ def test_vmap_over_starts_each_lane_ends_on_its_own_and_a_nan_lane_is_kept_apart
         return jnp.where(x[0] > 10.0, jnp.nan, bowl(x))
 
     starts = jnp.array([[1.0, 1.0], [11.0, 0.0], [3.0, -2.0]])
-    sols = jax.vmap(lambda p: jd.solve(bowl_or_nan, p, jd.optim.sgd(0.5), steps=50,
-                                       tol=1e-4))(starts)  # fmt: skip
+    sols = jax.jit(jax.vmap(lambda p: jd.solve(bowl_or_nan, p, jd.optim.sgd(0.5), steps=50,
+                                               tol=1e-4)))(starts)  # fmt: skip
     assert np.asarray(sols.status).tolist() == [Status.CONVERGED, Status.NONFINITE,
                                                 Status.CONVERGED]  # fmt: skip
     np.testing.assert_array_equal(sols.params[1], starts[1])
@@ -118,7 +118,7 @@ def test_vmap_over_data_sets_and_hyperparameters_and_nested():
         ref = jnp.linalg.lstsq(jnp.c_[X, jnp.ones(40)], ys[i])[0]
         np.testing.assert_allclose(sols.params["w"][i], ref[:3], atol=1e-3)
     lrs = jnp.array([0.05, 0.3])
-    grid = jax.vmap(jax.vmap(one, in_axes=(None, 0)), in_axes=(0, None))(ys[:3], lrs)
+    grid = jax.jit(jax.vmap(jax.vmap(one, in_axes=(None, 0)), in_axes=(0, None)))(ys[:3], lrs)
     assert grid.status.shape == (3, 2)
     for i in range(3):
         for j in range(2):
@@ -131,8 +131,8 @@ def test_vmap_over_data_sets_and_hyperparameters_and_nested():
 def test_vmap_over_keys_draws_each_lane_its_own_batches():
     keys = jax.random.split(jax.random.key(4), 3)
     opt = jd.optim.adam(0.05)
-    sols = jax.vmap(lambda k: jd.solve(mse, P0, opt, data=(X, Y), steps=25, batch_size=8,
-                                       key=k))(keys)  # fmt: skip
+    sols = jax.jit(jax.vmap(lambda k: jd.solve(mse, P0, opt, data=(X, Y), steps=25,
+                                               batch_size=8, key=k)))(keys)  # fmt: skip
     for i in range(3):
         one = jd.fit(mse, P0, opt, data=(X, Y), steps=25, batch_size=8, key=keys[i])
         jax.tree.map(lambda a, b: np.testing.assert_allclose(a[i], b, rtol=2e-6, atol=1e-7),
@@ -195,6 +195,11 @@ def test_least_squares_rules_under_vmap_fit_many_curves(rule):
 # --- derivatives -----------------------------------------------------------------------------
 
 
+# ridge regression is a quadratic: the textbook Newton step (a plain solve, a small program)
+# lands on the solution
+NEWTON_STEP = jd.optim.newton(damping=0.0, line_search=False)
+
+
 def _ridge(w, data):
     x, y, lam = data
     return 0.5 * jnp.mean((x @ w - y) ** 2) + 0.5 * lam * jnp.sum(w**2)
@@ -205,27 +210,32 @@ def test_implicit_derivatives_equal_ridge_closed_form(x64):
     y = jax.random.normal(jax.random.key(6), (30,), jnp.float64)
     n = x.shape[0]
 
-    def exact(lam):
+    def exact(lam, y=y):
         return jnp.linalg.solve(x.T @ x / n + lam * jnp.eye(4), x.T @ y / n)
 
-    def solved(lam):
-        return jd.solve(_ridge, jnp.zeros(4), jd.optim.newton(), data=(x, y, lam), steps=20,
-                        tol=1e-12).params  # fmt: skip
+    def solved(lam, y=y):
+        return jd.solve(_ridge, jnp.zeros(4), NEWTON_STEP, data=(x, y, lam), steps=20,
+                        tol=1e-12)  # fmt: skip
+
+    @jax.jit
+    def derivatives(lam, y):
+        params = lambda lam, y: solved(lam, y).params  # noqa: E731
+        return (
+            jax.jacfwd(params)(lam, y),
+            jax.jacrev(params)(lam, y),
+            jax.jacrev(params, argnums=1)(lam, y),  # with respect to the targets
+            jax.hessian(lambda lam: params(lam, y)[0])(lam),
+            jax.grad(lambda lam: solved(lam, y).final_loss)(lam),
+        )
 
     lam = 0.3
+    fwd, rev, dy, second, dloss = derivatives(lam, y)
     want = jax.jacfwd(exact)(lam)
-    np.testing.assert_allclose(jax.jacfwd(solved)(lam), want, rtol=1e-8, atol=1e-12)
-    np.testing.assert_allclose(jax.jacrev(solved)(lam), want, rtol=1e-8, atol=1e-12)
-    # with respect to the targets too, and second derivatives
-    dy = jax.jacrev(lambda y: jd.solve(_ridge, jnp.zeros(4), jd.optim.newton(),
-                                       data=(x, y, lam), steps=20, tol=1e-12).params)(y)  # fmt: skip
-    np.testing.assert_allclose(dy, jax.jacrev(lambda y: jnp.linalg.solve(
-        x.T @ x / n + lam * jnp.eye(4), x.T @ y / n))(y), rtol=1e-8, atol=1e-12)  # fmt: skip
-    np.testing.assert_allclose(jax.hessian(lambda lam: solved(lam)[0])(lam),
-                               jax.hessian(lambda lam: exact(lam)[0])(lam), rtol=1e-6)  # fmt: skip
+    np.testing.assert_allclose(fwd, want, rtol=1e-8, atol=1e-12)
+    np.testing.assert_allclose(rev, want, rtol=1e-8, atol=1e-12)
+    np.testing.assert_allclose(dy, jax.jacrev(exact, argnums=1)(lam, y), rtol=1e-8, atol=1e-12)
+    np.testing.assert_allclose(second, jax.hessian(lambda lam: exact(lam)[0])(lam), rtol=1e-6)
     # the final loss moves as the loss does at the solution (envelope theorem)
-    dloss = jax.grad(lambda lam: jd.solve(_ridge, jnp.zeros(4), jd.optim.newton(),
-                                          data=(x, y, lam), steps=20, tol=1e-12).final_loss)(lam)  # fmt: skip
     np.testing.assert_allclose(dloss, 0.5 * jnp.sum(exact(lam) ** 2), rtol=1e-8)
 
 
@@ -237,15 +247,15 @@ def test_implicit_derivatives_through_a_closure_and_zero_for_the_start(x64):
         def loss(w):  # lam is closed over, not passed in data
             return _ridge(w, (x, y, lam))
 
-        return jd.solve(loss, start, jd.optim.newton(), steps=20, tol=1e-12).params
+        return jd.solve(loss, start, NEWTON_STEP, steps=20, tol=1e-12).params
 
     def exact(lam):
         return jnp.linalg.solve(x.T @ x / 20 + lam * jnp.eye(3), x.T @ y / 20)
 
     start = jnp.zeros(3)
-    np.testing.assert_allclose(jax.jacrev(solved)(0.5, start), jax.jacfwd(exact)(0.5),
-                               rtol=1e-8)  # fmt: skip
-    np.testing.assert_array_equal(jax.jacrev(solved, argnums=1)(0.5, start), 0.0)
+    by_lam, by_start = jax.jit(jax.jacrev(solved, argnums=(0, 1)))(0.5, start)
+    np.testing.assert_allclose(by_lam, jax.jacfwd(exact)(0.5), rtol=1e-8)
+    np.testing.assert_array_equal(by_start, 0.0)
 
 
 def test_implicit_derivatives_are_nan_where_the_hessian_is_singular(x64):
