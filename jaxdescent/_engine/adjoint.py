@@ -153,7 +153,8 @@ def unrolled(
     blocks = -(-total // block)
     one = functools.partial(core.commit, loss=loss, optimizer=optimizer, spec=spec)
 
-    def evaluation(s, _):
+    def evaluation(c, _):
+        s, q, m = c
         active = core.running_in_call(s, steps, steps, spec)
         p = core.propose(s, data, loss=loss, spec=spec)
         confirm = p.norm
@@ -164,13 +165,21 @@ def unrolled(
                 lambda: jnp.full_like(p.norm, jnp.inf),
             )
         shown = tuple(jnp.where(active, x, jnp.nan) for x in (p.value, p.norm))
-        return one(s, p, confirm, tol, steps, steps), shown
+        new = one(s, q, p, confirm, tol, steps, steps)
+        # past its end the run is frozen (a scan has no early exit)
+        return core._select(active, new, (s, q, m)), shown
 
     @jax.checkpoint
-    def run_block(s, _):
-        return jax.lax.scan(evaluation, s, None, length=block)
+    def run_block(c, _):
+        return jax.lax.scan(evaluation, c, None, length=block)
 
-    state, shown = jax.lax.scan(run_block, state, None, length=blocks)
+    start = (
+        state,
+        core.pack((state.prev_params, state.prev_opt_state)),
+        core.pack((state.params, state.opt_state)),
+    )
+    (state, prev, measured), shown = jax.lax.scan(run_block, start, None, length=blocks)
+    state = core.settle(state, prev, measured)
     shown = tuple(x.reshape(-1)[:steps] for x in shown)
     if not full_batch:
         state = core.finish(state, data, tol, loss=loss)

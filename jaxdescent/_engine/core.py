@@ -198,14 +198,59 @@ def running_in_call(state: State, steps, until, spec: Spec) -> jax.Array:
     return going & (state.step < until)
 
 
+def pack(tree: Any) -> tuple[jax.Array, ...]:
+    """The leaves of ``tree`` joined end to end, one flat array per dtype (in order of first
+    appearance). A snapshot of the params and optimizer state is then one or two arrays: a
+    select or a copy of it is one kernel, where a tree of them costs a kernel per leaf
+    (XLA:CPU runs each as a separate kernel; in a small step that is most of the time)."""
+    groups: dict[Any, list] = {}
+    for leaf in jax.tree.leaves(tree):
+        groups.setdefault(jnp.result_type(leaf), []).append(jnp.ravel(leaf))
+    return tuple(jnp.concatenate(g) if len(g) > 1 else g[0] for g in groups.values())
+
+
+def unpack(packed: tuple[jax.Array, ...], like: Any) -> Any:
+    """The tree of ``like``'s structure, shapes and dtypes from :func:`pack`'s arrays."""
+    leaves, tree = jax.tree.flatten(like)
+    order: dict[Any, int] = {}
+    for leaf in leaves:
+        order.setdefault(jnp.result_type(leaf), len(order))
+    offsets = [0] * len(order)
+    out = []
+    for leaf in leaves:
+        g = order[jnp.result_type(leaf)]
+        size = int(np.size(leaf))
+        piece = jax.lax.slice_in_dim(packed[g], offsets[g], offsets[g] + size)
+        out.append(piece.reshape(np.shape(leaf)))
+        offsets[g] += size
+    return jax.tree.unflatten(tree, out)
+
+
 def commit(
-    state: State, p: Proposal, confirm, tol, steps, until, *, loss, optimizer, spec: Spec
-) -> State:
-    """The run after one evaluation: updated, ended, or rolled back (non-finite).
+    state: State,
+    prev: tuple,
+    p: Proposal,
+    confirm,
+    tol,
+    steps,
+    until,
+    *,
+    loss,
+    optimizer,
+    spec: Spec,
+) -> tuple[State, tuple, tuple]:
+    """One evaluation's decision, and the update: ``(state, prev, measured)``.
 
     ``confirm`` is the whole-data gradient norm when this step's batch norm fell below ``tol``
-    (full batch: the norm itself). The trees are chosen with ``lax.cond``, which for one run
-    passes buffers on (no select per leaf); under ``vmap`` the conds become per-run selects.
+    (full batch: the norm itself). The update is applied whatever the decision, as in a
+    hand-written loop; ``measured`` (the params and state this evaluation measured) and
+    ``prev`` (those before the last accepted update) are packed snapshots (:func:`pack`),
+    and a run that ends here is set back to one of them once, by :func:`settle`, after the
+    loop. (Choosing the trees at every step instead, by a select or a ``lax.cond`` per leaf,
+    made XLA:CPU run a small step two to three times slower.) A curvature rule's update (a
+    Hessian, a factorisation) runs under ``lax.cond``, so the evaluation that ends a run
+    computes none. ``state.prev_params`` and ``state.prev_opt_state`` are left as they were;
+    :func:`settle` writes them from ``prev``.
     """
     active = running_in_call(state, steps, until, spec)
     full_batch = spec.batch_size is None
@@ -224,34 +269,52 @@ def commit(
     back = active & ~finite
 
     def advance():
-        params, opt_state = apply_update(
+        return apply_update(
             loss, optimizer, state.params, state.opt_state, p.batch, p.value, p.grads
         )
-        return params, opt_state, state.params, state.opt_state
 
-    def hold():
-        return jax.lax.cond(
-            back,
-            lambda: (state.prev_params, state.prev_opt_state) * 2,
-            lambda: (state.params, state.opt_state, state.prev_params, state.prev_opt_state),
-        )
-
-    params, opt_state, prev_params, prev_opt_state = jax.lax.cond(go, advance, hold)
+    current = (state.params, state.opt_state)
+    if getattr(optimizer.update, "compile_for_latency", False):
+        params, opt_state = jax.lax.cond(go, advance, lambda: current)
+    else:
+        params, opt_state = advance()
+    measured = pack(current)
+    prev = tuple(jnp.where(go, m, q) for m, q in zip(measured, prev))
     # the last finite measurement; a run that is not finite at its start has none
     keep = back & (state.updates > 0)
-    return State(
+    new = state._replace(
         params=params,
         opt_state=opt_state,
-        prev_params=prev_params,
-        prev_opt_state=prev_opt_state,
         step=state.step + (active & ~final).astype(jnp.int32),
         updates=jnp.maximum(state.updates + go.astype(jnp.int32) - back.astype(jnp.int32), 0),
         status=status,
         loss=jnp.where(active & ~keep, p.value, state.loss),
         grad_norm=jnp.where(active & ~keep, p.norm, state.grad_norm),
-        key=state.key,
         perm=jnp.where(active, p.perm, state.perm) if spec.batch_size is not None else p.perm,
     )
+    return new, prev, measured
+
+
+def settle(state: State, prev: tuple, measured: tuple) -> State:
+    """The run as its last evaluation left it: a run that ended there returns the params it
+    measured, or, when they were not finite, the ones before its last update (``prev``: the
+    start, for a run that was not finite at once). A run still going keeps its updated
+    params. ``prev_params`` and ``prev_opt_state`` are written from ``prev``."""
+    like = (state.params, state.opt_state)
+    before = unpack(prev, like)
+    ended = state.status != RUNNING
+    back = state.status == NONFINITE
+    last = unpack(measured, like)
+    params, opt_state = _select(ended, _select(back, before, last), like)
+    return state._replace(
+        params=params, opt_state=opt_state, prev_params=before[0], prev_opt_state=before[1]
+    )
+
+
+def _select(which, a, b):
+    """The tree ``a`` where the scalar ``which`` holds, else ``b``: one select per leaf, none
+    where both are the same value (a rule's hyperparameters, passed through its update)."""
+    return jax.tree.map(lambda x, y: x if x is y else jnp.where(which, x, y), a, b)
 
 
 def _full_norm(loss, data, params):
@@ -306,13 +369,22 @@ def finish(state: State, data, tol, *, loss) -> State:
 
 
 def _record(history, i, value, norm, steps, spec: Spec, first_row):
-    """Write evaluation ``i``'s row (when ``i`` is recorded: ``i % every == 0`` and
-    ``i < steps``); an index past the buffer is dropped."""
+    """Write evaluation ``i``'s row when ``i`` is recorded (``i % every == 0`` and
+    ``i < steps``), else the scratch row past the recorded ones (cut off at the end)."""
     every = spec.record_every
     if not every:
         return history
     row = jnp.where((i % every == 0) & (i < steps), i // every - first_row, spec.rows)
-    return tuple(h.at[row].set(x, mode="drop") for h, x in zip(history, (value, norm)))
+    return tuple(
+        jax.lax.dynamic_update_index_in_dim(h, x.astype(h.dtype), row, 0)
+        for h, x in zip(history, (value, norm))
+    )
+
+
+def _recorded(history, rows: int):
+    """The history without its scratch row. The optimization barrier keeps XLA from moving
+    the cut into the loop (which then copied the buffer at every step)."""
+    return tuple(h[:rows] for h in jax.lax.optimization_barrier(history))
 
 
 def run(
@@ -337,20 +409,24 @@ def run(
     tol = jnp.asarray(tol, state.loss.dtype)
     lead = state.status.shape
     every = spec.record_every
-    history = tuple(jnp.full((spec.rows, *lead), jnp.nan, state.loss.dtype) for _ in range(2))
+    # the recorded rows, and a scratch row that steps not recorded write
+    history = tuple(jnp.full((spec.rows + 1, *lead), jnp.nan, state.loss.dtype) for _ in range(2))
     one = functools.partial(commit, loss=loss, optimizer=optimizer, spec=spec)
     mini = spec.batch_size is not None
     full_norm = functools.partial(_full_norm, loss, data)
+    start = state
+    snapshot = jax.vmap(pack) if batched else pack
+    measured = snapshot((state.params, state.opt_state))
+    prev = snapshot((state.prev_params, state.prev_opt_state))
 
     if not batched:
         first_row = -(-state.step // every) if every else 0
-        start = state
 
         def cond(c):
             return running_in_call(c[0], steps, until, spec)
 
         def body(c):
-            s, history = c
+            s, prev, _, history = c
             p = propose(s, data, loss=loss, spec=spec)
             confirm = p.norm
             if mini:  # a batch's norm below tol is confirmed on the whole data
@@ -360,27 +436,28 @@ def run(
                     lambda: jnp.full_like(p.norm, jnp.inf),
                 )
             history = _record(history, s.step, p.value, p.norm, steps, spec, first_row)
-            return one(s, p, confirm, tol, steps, until), history
+            return *one(s, prev, p, confirm, tol, steps, until), history
 
-        state, history = jax.lax.while_loop(cond, body, (state, history))
+        start_carry = (state, prev, measured, history)
+        state, prev, measured, history = jax.lax.while_loop(cond, body, start_carry)
+        state = settle(state, prev, measured)
         if mini:
             ended = (start.status == RUNNING) & ((state.status != RUNNING) | (state.step == steps))
             state = jax.lax.cond(ended, lambda: finish(state, data, tol, loss=loss), lambda: state)
-        return state, history
+        return state, _recorded(history, spec.rows)
 
     vpropose = jax.vmap(functools.partial(propose, loss=loss, spec=spec), in_axes=(0, None))
-    vcommit = jax.vmap(one, in_axes=(0, 0, 0, None, None, None))
+    vcommit = jax.vmap(one, in_axes=(0, 0, 0, 0, None, None, None))
     vrunning = jax.vmap(running_in_call, in_axes=(0, None, None, None))
     # every run still going has made the same number of steps (runs advance together)
     i0 = jnp.max(jnp.where(state.status == RUNNING, state.step, 0))
     first_row = -(-i0 // every) if every else 0
-    start = state
 
     def bcond(c):
         return jnp.any(vrunning(c[0], steps, until, spec))
 
     def bbody(c):
-        s, history, i = c
+        s, q, m, history, i = c
         active = vrunning(s, steps, until, spec)
         p = vpropose(s, data)
         confirm = p.norm
@@ -393,9 +470,14 @@ def run(
             ).astype(p.norm.dtype)
         shown = tuple(jnp.where(active, x, jnp.nan) for x in (p.value, p.norm))
         history = _record(history, i, *shown, steps, spec, first_row)
-        return vcommit(s, p, confirm, tol, steps, until), history, i + 1
+        # a run that has ended is frozen
+        new = vcommit(s, q, p, confirm, tol, steps, until)
+        return *_pick(active, new, (s, q, m)), history, i + 1
 
-    state, history, _ = jax.lax.while_loop(bcond, bbody, (state, history, i0))
+    state, prev, measured, history, _ = jax.lax.while_loop(
+        bcond, bbody, (state, prev, measured, history, i0)
+    )
+    state = jax.vmap(settle)(state, prev, measured)
     if mini:
         ended = (start.status == RUNNING) & ((state.status != RUNNING) | (state.step == steps))
         vfinish = jax.vmap(functools.partial(finish, loss=loss), in_axes=(0, None, None))
@@ -404,7 +486,7 @@ def run(
             lambda: _pick(ended, vfinish(state, data, tol), state),
             lambda: state,
         )
-    return state, tuple(h.T for h in history)
+    return state, tuple(h.T for h in _recorded(history, spec.rows))
 
 
 def _pick(which, a, b):
