@@ -233,15 +233,13 @@ def test_readme_equinox_example_runs():
 # --- the site --------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def site(tmp_path_factory) -> Path:
-    """The site, built once with ``mkdocs build --strict`` (notebooks not executed)."""
+def _build_site(folder: Path) -> None:
+    """``mkdocs build --strict`` into ``folder`` (notebooks not executed)."""
     for module in ("mkdocs", "material", "mkdocstrings_handlers.python", "mkdocs_jupyter"):
         if importlib.util.find_spec(module.split(".")[0]) is None or (
             "." in module and importlib.util.find_spec(module) is None
         ):
             pytest.skip(f"{module} is not installed (pip install -e '.[docs]')")
-    folder = tmp_path_factory.mktemp("site")
     env = {**os.environ, "JAXDESCENT_DOCS_EXECUTE": "false", "NO_MKDOCS_2_WARNING": "1"}
     done = subprocess.run(
         [sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(folder)],
@@ -252,10 +250,13 @@ def site(tmp_path_factory) -> Path:
         timeout=600,
     )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-6000:]
-    return folder
 
 
-def test_mkdocs_build_strict(site):
+def test_mkdocs_build_strict(tmp_path):
+    """The site builds, with every page and notebook, and its math renders (one test, so that
+    the site is built once whichever worker runs it)."""
+    site = tmp_path
+    _build_site(site)
     for page in ["index.html", "api/optim/index.html", "guide/reliability/index.html"]:
         assert (site / page).is_file(), page
     notebooks = sorted(p.stem for p in (ROOT / "notebooks").glob("*.ipynb"))
@@ -263,6 +264,7 @@ def test_mkdocs_build_strict(site):
     assert rendered == notebooks
     api = (site / "api" / "optim" / "index.html").read_text(encoding="utf-8")
     assert 'id="jaxdescent.optim.adam"' in api and "arithmatex" in api
+    _assert_every_page_with_math_renders(site)
 
 
 # How MathJax 3 finds TeX in a page (mathjax-full 3.2, ts/handlers/html/HTMLDomStrings.ts and
@@ -565,7 +567,10 @@ def _site_config(site: Path) -> dict:
     return _mathjax_config((site / CONFIG_SCRIPT).read_text(encoding="utf-8"))
 
 
-def test_every_page_with_math_loads_mathjax_and_mathjax_finds_all_its_math(site):
+def _assert_every_page_with_math_renders(site: Path) -> None:
+    """Every page with math loads the MathJax configuration and MathJax, once each, and
+    MathJax finds all of the page's math; the check sees the math of every notebook and of
+    every guide page that has some."""
     config = _site_config(site)
     with_math, problems = set(), {}
     for path in sorted(site.rglob("*.html")):
