@@ -120,10 +120,10 @@ def test_sigkilled_run_resumes_to_the_same_result(tmp_path, request, monkeypatch
             time.sleep(0.01)
         os.kill(child.pid, signal.SIGKILL)
         out, _ = child.communicate(timeout=30)
-    finally:
+    finally:  # a child that failed or hung leaves no process, and no open pipe, behind
         if child.poll() is None:
             child.kill()
-            child.wait()
+        child.communicate()
     assert child.returncode == -signal.SIGKILL
     assert b"finished" not in out
     killed_at = steps_done(path)

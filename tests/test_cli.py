@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import runpy
 import subprocess
 import sys
 from pathlib import Path
@@ -12,6 +13,7 @@ import pytest
 
 pytest.importorskip("matplotlib")
 
+import jaxdescent
 from jaxdescent import cli, compare
 
 
@@ -225,42 +227,54 @@ def test_bench_without_the_suite_says_where_it_lives(monkeypatch, capsys):
     assert "benchmarks/" in err and "python -m benchmarks" in err
 
 
-def test_console_script_and_python_m(tmp_path):
-    """One real process each: the installed entry point, and ``python -m jaxdescent``."""
+def test_console_script_and_python_m(tmp_path, monkeypatch, capsys):
+    """One real process, run from another folder: the installed entry point (else ``python -m
+    jaxdescent``) exits 2 on an error, with one line on stderr and no traceback. ``python -m
+    jaxdescent`` then runs in this process, its ``__main__`` run by runpy as Python runs it."""
     env = {**os.environ, "JAX_PLATFORMS": "cpu"}
     script = Path(sys.executable).with_name("jaxdescent")
     command = [str(script)] if script.exists() else [sys.executable, "-m", "jaxdescent"]
     done = subprocess.run(
-        [*command, "--version"], capture_output=True, text=True, env=env, timeout=120
-    )
-    assert done.returncode == 0 and "jaxdescent" in done.stdout
-    done = subprocess.run(
-        [sys.executable, "-m", "jaxdescent", "compare", "--problem", "nope"],
+        [*command, "compare", "--problem", "nope"],
         capture_output=True,
         text=True,
         env=env,
         timeout=120,
         cwd=tmp_path,
     )
-    assert done.returncode == 2
+    assert done.returncode == 2, done.stderr[-2000:]
     assert done.stderr.count("\n") == 1 and "rosenbrock" in done.stderr
     assert "Traceback" not in done.stderr
+
+    monkeypatch.setattr(sys, "argv", ["jaxdescent", "--version"])
+    monkeypatch.delitem(sys.modules, "jaxdescent.__main__", raising=False)
+    with pytest.raises(SystemExit) as exit_:
+        runpy.run_module("jaxdescent", run_name="__main__", alter_sys=True)
+    assert exit_.value.code == 0
+    assert capsys.readouterr().out.strip() == f"jaxdescent {jaxdescent.__version__}"
 
 
 def test_the_command_keeps_compiled_programs_between_runs(tmp_path):
     """``enable_compilation_cache`` points JAX's persistent cache at JAXDESCENT_CACHE_DIR
     (``""`` turns it off); run in a subprocess, since it sets global JAX options."""
-    import subprocess
-    import sys
-
+    folder = tmp_path / "xla"
     code = (
-        "import jax, jax.numpy as jnp; from jaxdescent.cli import enable_compilation_cache as e; "
-        "print(e()); jax.jit(lambda x: jnp.sin(x) @ x.T)(jnp.ones((300, 300))).block_until_ready()"
+        "import os, sys, jax, jax.numpy as jnp\n"
+        "from jaxdescent.cli import enable_compilation_cache\n"
+        "os.environ['JAXDESCENT_CACHE_DIR'] = ''\n"
+        "print(enable_compilation_cache(), jax.config.jax_compilation_cache_dir)\n"
+        "os.environ['JAXDESCENT_CACHE_DIR'] = sys.argv[1]\n"
+        "print(enable_compilation_cache(), jax.config.jax_compilation_cache_dir)\n"
+        "print(jax.config.jax_persistent_cache_min_compile_time_secs)\n"
+        "jax.jit(lambda x: jnp.sin(x) @ x.T)(jnp.ones((30, 30))).block_until_ready()\n"
     )
-    env = {**__import__("os").environ, "JAXDESCENT_CACHE_DIR": str(tmp_path / "xla")}
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
-    assert out.returncode == 0, out.stderr
-    assert out.stdout.strip() == str(tmp_path / "xla") and (tmp_path / "xla").is_dir()
-    env["JAXDESCENT_CACHE_DIR"] = ""
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
-    assert out.returncode == 0 and out.stdout.strip() == "None", out.stderr
+    out = subprocess.run(
+        [sys.executable, "-c", code, str(folder)],
+        env={**os.environ, "JAX_PLATFORMS": "cpu"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.splitlines() == ["None None", f"{folder} {folder}", "0.2"]
+    assert folder.is_dir()

@@ -3,6 +3,7 @@ and for any chunk size (chunks only decide where Python gets control back)."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import textwrap
@@ -44,21 +45,30 @@ SCRIPT = textwrap.dedent(
 
 
 def test_two_processes_give_identical_bits(tmp_path):
+    """Two processes at once, with different string hashes (so dict and set orders differ)."""
     script = tmp_path / "run.py"
     script.write_text(SCRIPT)
     outputs = [tmp_path / f"run{i}.npz" for i in range(2)]
-    runs = [
-        subprocess.Popen(
-            [sys.executable, str(script), str(out)],
-            cwd=REPO,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-        )
-        for out in outputs
-    ]
-    for run in runs:
-        _, err = run.communicate(timeout=120)
-        assert run.returncode == 0, err.decode()[-2000:]
+    runs = []
+    try:
+        for seed, out in enumerate(outputs):
+            runs.append(
+                subprocess.Popen(
+                    [sys.executable, str(script), str(out)],
+                    cwd=REPO,
+                    env={**os.environ, "PYTHONHASHSEED": str(seed + 1)},
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.PIPE,
+                )
+            )
+        errors = [run.communicate(timeout=120)[1].decode() for run in runs]
+    finally:  # a run that failed or hung leaves no process, and no open pipe, behind
+        for run in runs:
+            if run.poll() is None:
+                run.kill()
+            run.communicate()
+    for run, err in zip(runs, errors):
+        assert run.returncode == 0, err[-2000:]
     first, second = (np.load(out) for out in outputs)
     assert sorted(first.files) == sorted(second.files)
     assert len(first.files) > 8

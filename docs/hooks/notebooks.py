@@ -3,11 +3,16 @@
 The notebooks stay where they are (no copies under ``docs/``, no symbolic links): each is
 added to the site's files from ``notebooks/`` before mkdocs-jupyter wraps the notebook files,
 which renders them (executing them unless ``JAXDESCENT_DOCS_EXECUTE=false``).
+
+Their math is typeset by the site's MathJax (``docs/javascripts/mathjax.js``, loaded on every
+page): the MathJax 2 loader and configuration that nbconvert writes into each notebook page is
+taken out, so that a page loads one MathJax, configured once.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 from mkdocs.plugins import event_priority
@@ -55,6 +60,20 @@ def on_files(files: Files, config) -> Files:
             )
         )
     return files
+
+
+# nbconvert's base/mathjax.html.j2: a <script src="{url}"> (empty in this site), then a MathJax 2
+# configuration (type text/x-mathjax-config), between these two comments
+NBCONVERT_MATHJAX = re.compile(
+    r"<!-- Load mathjax -->.*?<!-- End of mathjax configuration -->", re.DOTALL
+)
+
+
+def on_page_content(html: str, page, config, files) -> str:
+    """Take nbconvert's MathJax 2 loader out of a notebook page (the site loads MathJax 3)."""
+    if page.file.src_uri.endswith(".ipynb"):
+        html = NBCONVERT_MATHJAX.sub("", html, count=1)
+    return html
 
 
 def on_serve(server, config, builder):
