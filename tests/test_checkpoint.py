@@ -192,3 +192,15 @@ def test_a_resumed_run_takes_the_new_optimizers_hyperparameters(tmp_path):
     again = jd.fit(mse, P0, chained(0.05), data=(X, Y), steps=4, checkpoint_dir=tmp_path / "c",
                    resume=True)  # fmt: skip
     assert float(again.opt_state[1].hyperparams["learning_rate"]) == pytest.approx(0.05)
+
+
+def test_a_checkpoint_of_another_state_layout_is_refused_with_the_reason(tmp_path):
+    jd.fit(mse, P0, jd.optim.sgd(0.1), data=(X, Y), steps=3, checkpoint_dir=tmp_path)
+    path = tmp_path / NAME
+    meta = jd.checkpoint.read_meta(path)
+    meta["state_format"] = 1
+    jd.checkpoint.save(path, {"params": P0}, {k: v for k, v in meta.items() if k not in (
+        "num_leaves", "dtypes")})  # fmt: skip
+    with pytest.raises(CheckpointError, match="another version of jaxdescent"):
+        jd.fit(mse, P0, jd.optim.sgd(0.1), data=(X, Y), steps=6, checkpoint_dir=tmp_path,
+               resume=True)  # fmt: skip

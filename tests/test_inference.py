@@ -396,4 +396,3 @@ def test_repeated_calls_reuse_one_compiled_core():
     finally:
         jax.monitoring.unregister_event_duration_listener(listen)
     assert traces == [] and not np.array_equal(first, second)
-

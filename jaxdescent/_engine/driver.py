@@ -25,6 +25,9 @@ from jaxdescent.optim.hyperparams import refresh_hyperparams
 from jaxdescent.results import Status
 
 CHECKPOINT_NAME = "checkpoint.jdc"
+# the layout of the saved run state (:class:`jaxdescent._engine.core.State`); a checkpoint of
+# another layout is refused with a message saying so
+STATE_FORMAT = 2
 # the longest default chunk: bounds the in-program history buffer of a long run, and lets
 # runs of more steps than this share one compiled program
 MAX_CHUNK = 8192
@@ -232,6 +235,12 @@ def _check_folder(name, value) -> Path:
 def _resume(path, state, steps, tol, run_meta):
     """The state, history and step count saved at ``path``, checked against this run."""
     meta = ckpt.read_meta(path)
+    if meta.get("state_format", 1) != STATE_FORMAT:
+        raise ckpt.CheckpointError(
+            f"checkpoint {str(path)!r} was written by another version of jaxdescent, whose "
+            "run state has another layout, so this run cannot resume from it; its params "
+            "can still be read with jd.checkpoint.load_params(path)"
+        )
     labels = {
         "params_structure": "params of another structure",
         "state_structure": "an optimizer state of another structure (another optimizer?)",
@@ -288,6 +297,7 @@ def _latest_loss(chunk_losses) -> str:
 def _save(path, state, losses, norms, done_steps, tol, run_meta):
     hist = (_join(losses, state), _join(norms, state))
     meta = {
+        "state_format": STATE_FORMAT,
         "steps_done": done_steps,
         "tol": tol,
         "history_rows": hist[0].shape[-1],
