@@ -165,7 +165,7 @@ def unrolled(
                 lambda: jnp.full_like(p.norm, jnp.inf),
             )
         shown = tuple(jnp.where(active, x, jnp.nan) for x in (p.value, p.norm))
-        new = one(s, q, p, confirm, tol, steps, steps)
+        new = one(s, q, m, p, confirm, tol, steps, steps)
         # past its end the run is frozen (a scan has no early exit)
         return core._select(active, new, (s, q, m)), shown
 

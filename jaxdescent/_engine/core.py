@@ -229,6 +229,7 @@ def unpack(packed: tuple[jax.Array, ...], like: Any) -> Any:
 def commit(
     state: State,
     prev: tuple,
+    here: tuple,
     p: Proposal,
     confirm,
     tol,
@@ -239,14 +240,15 @@ def commit(
     optimizer,
     spec: Spec,
 ) -> tuple[State, tuple, tuple]:
-    """One evaluation's decision, and the update: ``(state, prev, measured)``.
+    """One evaluation's decision, and the update: ``(state, prev, here)``.
 
     ``confirm`` is the whole-data gradient norm when this step's batch norm fell below ``tol``
     (full batch: the norm itself). The update is applied whatever the decision, as in a
-    hand-written loop; ``measured`` (the params and state this evaluation measured) and
-    ``prev`` (those before the last accepted update) are packed snapshots (:func:`pack`),
-    and a run that ends here is set back to one of them once, by :func:`settle`, after the
-    loop. (Choosing the trees at every step instead, by a select or a ``lax.cond`` per leaf,
+    hand-written loop. ``here`` (the params and state to measure next; at the end of a run,
+    the ones it measured last) and ``prev`` (those before the last accepted update) are packed
+    snapshots (:func:`pack`) of the new params, so no buffer the update overwrites has to be
+    copied first, and a run that ends here is set back to one of them once, by
+    :func:`settle`, after the loop. (Choosing the trees at every step instead, by a select or a ``lax.cond`` per leaf,
     made XLA:CPU run a small step two to three times slower.) A curvature rule's update (a
     Hessian, a factorisation) runs under ``lax.cond``, so the evaluation that ends a run
     computes none. ``state.prev_params`` and ``state.prev_opt_state`` are left as they were;
@@ -278,8 +280,8 @@ def commit(
         params, opt_state = jax.lax.cond(go, advance, lambda: current)
     else:
         params, opt_state = advance()
-    measured = pack(current)
-    prev = tuple(jnp.where(go, m, q) for m, q in zip(measured, prev))
+    prev = tuple(jnp.where(go, h, q) for h, q in zip(here, prev))
+    here = tuple(jnp.where(go, n, h) for n, h in zip(pack((params, opt_state)), here))
     # the last finite measurement; a run that is not finite at its start has none
     keep = back & (state.updates > 0)
     new = state._replace(
@@ -292,7 +294,7 @@ def commit(
         grad_norm=jnp.where(active & ~keep, p.norm, state.grad_norm),
         perm=jnp.where(active, p.perm, state.perm) if spec.batch_size is not None else p.perm,
     )
-    return new, prev, measured
+    return new, prev, here
 
 
 def settle(state: State, prev: tuple, measured: tuple) -> State:
@@ -426,7 +428,7 @@ def run(
             return running_in_call(c[0], steps, until, spec)
 
         def body(c):
-            s, prev, _, history = c
+            s, prev, here, history = c
             p = propose(s, data, loss=loss, spec=spec)
             confirm = p.norm
             if mini:  # a batch's norm below tol is confirmed on the whole data
@@ -436,7 +438,7 @@ def run(
                     lambda: jnp.full_like(p.norm, jnp.inf),
                 )
             history = _record(history, s.step, p.value, p.norm, steps, spec, first_row)
-            return *one(s, prev, p, confirm, tol, steps, until), history
+            return *one(s, prev, here, p, confirm, tol, steps, until), history
 
         start_carry = (state, prev, measured, history)
         state, prev, measured, history = jax.lax.while_loop(cond, body, start_carry)
@@ -447,7 +449,7 @@ def run(
         return state, _recorded(history, spec.rows)
 
     vpropose = jax.vmap(functools.partial(propose, loss=loss, spec=spec), in_axes=(0, None))
-    vcommit = jax.vmap(one, in_axes=(0, 0, 0, 0, None, None, None))
+    vcommit = jax.vmap(one, in_axes=(0, 0, 0, 0, 0, None, None, None))
     vrunning = jax.vmap(running_in_call, in_axes=(0, None, None, None))
     # every run still going has made the same number of steps (runs advance together)
     i0 = jnp.max(jnp.where(state.status == RUNNING, state.step, 0))
@@ -471,7 +473,7 @@ def run(
         shown = tuple(jnp.where(active, x, jnp.nan) for x in (p.value, p.norm))
         history = _record(history, i, *shown, steps, spec, first_row)
         # a run that has ended is frozen
-        new = vcommit(s, q, p, confirm, tol, steps, until)
+        new = vcommit(s, q, m, p, confirm, tol, steps, until)
         return *_pick(active, new, (s, q, m)), history, i + 1
 
     state, prev, measured, history, _ = jax.lax.while_loop(
