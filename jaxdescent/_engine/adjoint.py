@@ -151,10 +151,11 @@ def unrolled(
     total = steps + 1 if full_batch else steps
     block = max(1, math.isqrt(total))
     blocks = -(-total // block)
-    one = functools.partial(core.commit, loss=loss, optimizer=optimizer, spec=spec)
+    notes: dict = {}
+    one = functools.partial(core.commit, loss=loss, optimizer=optimizer, spec=spec, notes=notes)
 
     def evaluation(c, _):
-        s, q, m = c
+        s, m = c
         active = core.running_in_call(s, steps, steps, spec)
         p = core.propose(s, data, loss=loss, spec=spec)
         confirm = p.norm
@@ -165,21 +166,17 @@ def unrolled(
                 lambda: jnp.full_like(p.norm, jnp.inf),
             )
         shown = tuple(jnp.where(active, x, jnp.nan) for x in (p.value, p.norm))
-        new = one(s, q, m, p, confirm, tol, steps, steps)
+        new = one(s, m, p, confirm, tol, steps, steps)
         # past its end the run is frozen (a scan has no early exit)
-        return core._select(active, new, (s, q, m)), shown
+        return core._select(active, new, (s, m)), shown
 
     @jax.checkpoint
     def run_block(c, _):
         return jax.lax.scan(evaluation, c, None, length=block)
 
-    start = (
-        state,
-        core.pack((state.prev_params, state.prev_opt_state)),
-        core.pack((state.params, state.opt_state)),
-    )
-    (state, prev, measured), shown = jax.lax.scan(run_block, start, None, length=blocks)
-    state = core.settle(state, prev, measured)
+    start = (state, core.pack((state.params, state.opt_state)))
+    (state, here), shown = jax.lax.scan(run_block, start, None, length=blocks)
+    state = core.settle(state, here, notes.get("fixed", ()))
     shown = tuple(x.reshape(-1)[:steps] for x in shown)
     if not full_batch:
         state = core.finish(state, data, tol, loss=loss)

@@ -63,16 +63,17 @@ class Spec(NamedTuple):
 class State(NamedTuple):
     """Everything a run needs to continue (saved whole in checkpoints).
 
-    ``step`` counts the loss evaluations made (the final evaluation of a full-batch run is not
+    ``prev`` is the params and optimizer state before the last accepted update, packed
+    (:func:`pack`): a run whose loss or gradient turns non-finite returns to them. ``step``
+    counts the loss evaluations made (the final evaluation of a full-batch run is not
     counted), ``updates`` the updates applied to reach ``params``. ``loss`` and ``grad_norm``
-    are the last finite measurement: at ``params`` once the run has ended, at
-    ``prev_params`` while it goes on.
+    are the last finite measurement: at ``params`` once the run has ended, at the ``prev``
+    params while it goes on.
     """
 
     params: Any
     opt_state: Any
-    prev_params: Any
-    prev_opt_state: Any
+    prev: tuple
     step: jax.Array
     updates: jax.Array
     status: jax.Array
@@ -97,7 +98,16 @@ def init_state(params, opt_state, key, spec: Spec, runs: tuple[int, ...] = ()) -
     zero = np.zeros(runs, np.int32)
     nan = np.full(runs, np.nan, history_dtype(params))
     perm = np.zeros((*runs, spec.n if spec.batch_size is not None else 0), np.int32)
-    return State(params, opt_state, params, opt_state, zero, zero, zero, nan, nan, key, perm)
+    snapshot = (params, opt_state)
+    if runs:
+        prev = jax.vmap(pack)(snapshot) if _traced(snapshot) else pack_host(snapshot, len(runs))
+    else:
+        prev = pack(snapshot) if _traced(snapshot) else pack_host(snapshot)
+    return State(params, opt_state, prev, zero, zero, zero, nan, nan, key, perm)
+
+
+def _traced(tree) -> bool:
+    return any(isinstance(x, jax.core.Tracer) for x in jax.tree.leaves(tree))
 
 
 def rows_for(length: int, every: int) -> int:
@@ -198,6 +208,10 @@ def running_in_call(state: State, steps, until, spec: Spec) -> jax.Array:
     return going & (state.step < until)
 
 
+def _group(leaf) -> np.dtype:
+    return jax.dtypes.canonicalize_dtype(jnp.result_type(leaf))
+
+
 def pack(tree: Any) -> tuple[jax.Array, ...]:
     """The leaves of ``tree`` joined end to end, one flat array per dtype (in order of first
     appearance). A snapshot of the params and optimizer state is then one or two arrays: a
@@ -205,30 +219,66 @@ def pack(tree: Any) -> tuple[jax.Array, ...]:
     (XLA:CPU runs each as a separate kernel; in a small step that is most of the time)."""
     groups: dict[Any, list] = {}
     for leaf in jax.tree.leaves(tree):
-        groups.setdefault(jnp.result_type(leaf), []).append(jnp.ravel(leaf))
+        groups.setdefault(_group(leaf), []).append(jnp.ravel(leaf))
     return tuple(jnp.concatenate(g) if len(g) > 1 else g[0] for g in groups.values())
 
 
-def unpack(packed: tuple[jax.Array, ...], like: Any) -> Any:
-    """The tree of ``like``'s structure, shapes and dtypes from :func:`pack`'s arrays."""
-    leaves, tree = jax.tree.flatten(like)
+def pack_host(tree: Any, lead: int = 0) -> tuple[np.ndarray, ...]:
+    """:func:`pack` on the host, with NumPy (no compile); with ``lead`` leading axes kept
+    (stacked restarts)."""
+    groups: dict[Any, list] = {}
+    for leaf in jax.tree.leaves(tree):
+        dtype = _group(leaf)
+        x = np.asarray(leaf, dtype)
+        groups.setdefault(dtype, []).append(x.reshape((*x.shape[:lead], -1)))
+    return tuple(np.concatenate(g, axis=-1) for g in groups.values())
+
+
+def _slices(like: Any):
+    """For each leaf of ``like``: its group, offset and size in the packed arrays."""
     order: dict[Any, int] = {}
-    for leaf in leaves:
-        order.setdefault(jnp.result_type(leaf), len(order))
-    offsets = [0] * len(order)
+    offsets: list[int] = []
     out = []
-    for leaf in leaves:
-        g = order[jnp.result_type(leaf)]
+    for leaf in jax.tree.leaves(like):
+        g = order.setdefault(_group(leaf), len(order))
+        if g == len(offsets):
+            offsets.append(0)
         size = int(np.size(leaf))
-        piece = jax.lax.slice_in_dim(packed[g], offsets[g], offsets[g] + size)
-        out.append(piece.reshape(np.shape(leaf)))
+        out.append((g, offsets[g], size, np.shape(leaf)))
         offsets[g] += size
+    return out
+
+
+def unpack(packed: tuple[jax.Array, ...], like: Any, keep: tuple = ()) -> Any:
+    """The tree of ``like``'s structure, shapes and dtypes from :func:`pack`'s arrays; the
+    leaves marked in ``keep`` are ``like``'s own (no slice of the snapshot)."""
+    leaves, tree = jax.tree.flatten(like)
+    keep = keep or (False,) * len(leaves)
+    out = [
+        leaf if kept else jax.lax.slice_in_dim(packed[g], i, i + n).reshape(shape)
+        for leaf, kept, (g, i, n, shape) in zip(leaves, keep, _slices(like))
+    ]
     return jax.tree.unflatten(tree, out)
+
+
+def unpack_host(packed: tuple[np.ndarray, ...], like: Any) -> Any:
+    """:func:`unpack` on the host, with NumPy (leading axes of ``packed`` kept)."""
+    leaves, tree = jax.tree.flatten(like)
+    out = []
+    for leaf, (g, i, n, _) in zip(leaves, _slices_of_leading(like, packed)):
+        piece = np.asarray(packed[g])[..., i : i + n]
+        out.append(piece.reshape(piece.shape[:-1] + np.shape(leaf)[piece.ndim - 1 :]))
+    return jax.tree.unflatten(tree, out)
+
+
+def _slices_of_leading(like, packed):
+    lead = np.ndim(packed[0]) - 1
+    per_run = jax.tree.map(lambda x: np.zeros(np.shape(x)[lead:], _group(x)), like)
+    return _slices(per_run)
 
 
 def commit(
     state: State,
-    prev: tuple,
     here: tuple,
     p: Proposal,
     confirm,
@@ -239,20 +289,20 @@ def commit(
     loss,
     optimizer,
     spec: Spec,
-) -> tuple[State, tuple, tuple]:
-    """One evaluation's decision, and the update: ``(state, prev, here)``.
+    notes: dict | None = None,
+) -> tuple[State, tuple]:
+    """One evaluation's decision, and the update: ``(state, here)``.
 
     ``confirm`` is the whole-data gradient norm when this step's batch norm fell below ``tol``
     (full batch: the norm itself). The update is applied whatever the decision, as in a
     hand-written loop. ``here`` (the params and state to measure next; at the end of a run,
-    the ones it measured last) and ``prev`` (those before the last accepted update) are packed
-    snapshots (:func:`pack`) of the new params, so no buffer the update overwrites has to be
-    copied first, and a run that ends here is set back to one of them once, by
+    the ones it measured last) and ``state.prev`` (those before the last accepted update) are
+    packed snapshots (:func:`pack`) of the new params, so no buffer the update overwrites has
+    to be copied first, and a run that ends here is set back to one of them once, by
     :func:`settle`, after the loop. (Choosing the trees at every step instead, by a select or a ``lax.cond`` per leaf,
     made XLA:CPU run a small step two to three times slower.) A curvature rule's update (a
     Hessian, a factorisation) runs under ``lax.cond``, so the evaluation that ends a run
-    computes none. ``state.prev_params`` and ``state.prev_opt_state`` are left as they were;
-    :func:`settle` writes them from ``prev``.
+    computes none.
     """
     active = running_in_call(state, steps, until, spec)
     full_batch = spec.batch_size is None
@@ -280,13 +330,18 @@ def commit(
         params, opt_state = jax.lax.cond(go, advance, lambda: current)
     else:
         params, opt_state = advance()
-    prev = tuple(jnp.where(go, h, q) for h, q in zip(here, prev))
+    prev = tuple(jnp.where(go, h, q) for h, q in zip(here, state.prev))
     here = tuple(jnp.where(go, n, h) for n, h in zip(pack((params, opt_state)), here))
+    if notes is not None:  # leaves the update passes on unchanged need no restoring
+        notes["fixed"] = tuple(
+            a is b for a, b in zip(jax.tree.leaves((params, opt_state)), jax.tree.leaves(current))
+        )
     # the last finite measurement; a run that is not finite at its start has none
     keep = back & (state.updates > 0)
     new = state._replace(
         params=params,
         opt_state=opt_state,
+        prev=prev,
         step=state.step + (active & ~final).astype(jnp.int32),
         updates=jnp.maximum(state.updates + go.astype(jnp.int32) - back.astype(jnp.int32), 0),
         status=status,
@@ -294,23 +349,20 @@ def commit(
         grad_norm=jnp.where(active & ~keep, p.norm, state.grad_norm),
         perm=jnp.where(active, p.perm, state.perm) if spec.batch_size is not None else p.perm,
     )
-    return new, prev, here
+    return new, here
 
 
-def settle(state: State, prev: tuple, measured: tuple) -> State:
+def settle(state: State, here: tuple, fixed: tuple = ()) -> State:
     """The run as its last evaluation left it: a run that ended there returns the params it
-    measured, or, when they were not finite, the ones before its last update (``prev``: the
-    start, for a run that was not finite at once). A run still going keeps its updated
-    params. ``prev_params`` and ``prev_opt_state`` are written from ``prev``."""
+    measured (``here``), or, when they were not finite, the ones before its last update
+    (``state.prev``: the start, for a run that was not finite at once). A run still going
+    keeps its updated params. The leaves marked ``fixed`` never change and are not
+    restored."""
     like = (state.params, state.opt_state)
-    before = unpack(prev, like)
     ended = state.status != RUNNING
-    back = state.status == NONFINITE
-    last = unpack(measured, like)
-    params, opt_state = _select(ended, _select(back, before, last), like)
-    return state._replace(
-        params=params, opt_state=opt_state, prev_params=before[0], prev_opt_state=before[1]
-    )
+    chosen = tuple(jnp.where(state.status == NONFINITE, q, h) for q, h in zip(state.prev, here))
+    params, opt_state = _select(ended, unpack(chosen, like, fixed), like)
+    return state._replace(params=params, opt_state=opt_state)
 
 
 def _select(which, a, b):
@@ -346,7 +398,7 @@ def finish(state: State, data, tol, *, loss) -> State:
         back = ~finite & (s.status != NONFINITE) & (s.updates > 0)
         params, opt_state = jax.lax.cond(
             back,
-            lambda: (s.prev_params, s.prev_opt_state),
+            lambda: unpack(s.prev, (s.params, s.opt_state)),
             lambda: (s.params, s.opt_state),
         )
         s = s._replace(
@@ -413,13 +465,12 @@ def run(
     every = spec.record_every
     # the recorded rows, and a scratch row that steps not recorded write
     history = tuple(jnp.full((spec.rows + 1, *lead), jnp.nan, state.loss.dtype) for _ in range(2))
-    one = functools.partial(commit, loss=loss, optimizer=optimizer, spec=spec)
+    notes: dict = {}  # what tracing the step learned (:func:`commit`)
+    one = functools.partial(commit, loss=loss, optimizer=optimizer, spec=spec, notes=notes)
     mini = spec.batch_size is not None
     full_norm = functools.partial(_full_norm, loss, data)
     start = state
-    snapshot = jax.vmap(pack) if batched else pack
-    measured = snapshot((state.params, state.opt_state))
-    prev = snapshot((state.prev_params, state.prev_opt_state))
+    here = (jax.vmap(pack) if batched else pack)((state.params, state.opt_state))
 
     if not batched:
         first_row = -(-state.step // every) if every else 0
@@ -428,7 +479,7 @@ def run(
             return running_in_call(c[0], steps, until, spec)
 
         def body(c):
-            s, prev, here, history = c
+            s, here, history = c
             p = propose(s, data, loss=loss, spec=spec)
             confirm = p.norm
             if mini:  # a batch's norm below tol is confirmed on the whole data
@@ -438,18 +489,17 @@ def run(
                     lambda: jnp.full_like(p.norm, jnp.inf),
                 )
             history = _record(history, s.step, p.value, p.norm, steps, spec, first_row)
-            return *one(s, prev, here, p, confirm, tol, steps, until), history
+            return *one(s, here, p, confirm, tol, steps, until), history
 
-        start_carry = (state, prev, measured, history)
-        state, prev, measured, history = jax.lax.while_loop(cond, body, start_carry)
-        state = settle(state, prev, measured)
+        state, here, history = jax.lax.while_loop(cond, body, (state, here, history))
+        state = settle(state, here, notes.get("fixed", ()))
         if mini:
             ended = (start.status == RUNNING) & ((state.status != RUNNING) | (state.step == steps))
             state = jax.lax.cond(ended, lambda: finish(state, data, tol, loss=loss), lambda: state)
         return state, _recorded(history, spec.rows)
 
     vpropose = jax.vmap(functools.partial(propose, loss=loss, spec=spec), in_axes=(0, None))
-    vcommit = jax.vmap(one, in_axes=(0, 0, 0, 0, 0, None, None, None))
+    vcommit = jax.vmap(one, in_axes=(0, 0, 0, 0, None, None, None))
     vrunning = jax.vmap(running_in_call, in_axes=(0, None, None, None))
     # every run still going has made the same number of steps (runs advance together)
     i0 = jnp.max(jnp.where(state.status == RUNNING, state.step, 0))
@@ -459,7 +509,7 @@ def run(
         return jnp.any(vrunning(c[0], steps, until, spec))
 
     def bbody(c):
-        s, q, m, history, i = c
+        s, m, history, i = c
         active = vrunning(s, steps, until, spec)
         p = vpropose(s, data)
         confirm = p.norm
@@ -473,13 +523,12 @@ def run(
         shown = tuple(jnp.where(active, x, jnp.nan) for x in (p.value, p.norm))
         history = _record(history, i, *shown, steps, spec, first_row)
         # a run that has ended is frozen
-        new = vcommit(s, q, m, p, confirm, tol, steps, until)
-        return *_pick(active, new, (s, q, m)), history, i + 1
+        new = vcommit(s, m, p, confirm, tol, steps, until)
+        return *_pick(active, new, (s, m)), history, i + 1
 
-    state, prev, measured, history, _ = jax.lax.while_loop(
-        bcond, bbody, (state, prev, measured, history, i0)
-    )
-    state = jax.vmap(settle)(state, prev, measured)
+    state, here, history, _ = jax.lax.while_loop(bcond, bbody, (state, here, history, i0))
+    fixed = notes.get("fixed", ())
+    state = jax.vmap(lambda s, h: settle(s, h, fixed))(state, here)
     if mini:
         ended = (start.status == RUNNING) & ((state.status != RUNNING) | (state.step == steps))
         vfinish = jax.vmap(functools.partial(finish, loss=loss), in_axes=(0, None, None))

@@ -20,14 +20,22 @@ from jaxdescent._checks import check_int
 from jaxdescent._engine import programs
 from jaxdescent._engine.cache import Traced
 from jaxdescent._engine.checks import traced_error
-from jaxdescent._engine.core import Spec, State, history_dtype, recorded_rows, rows_for
+from jaxdescent._engine.core import (
+    Spec,
+    State,
+    history_dtype,
+    pack_host,
+    recorded_rows,
+    rows_for,
+    unpack_host,
+)
 from jaxdescent.optim.hyperparams import refresh_hyperparams
 from jaxdescent.results import Status
 
 CHECKPOINT_NAME = "checkpoint.jdc"
 # the layout of the saved run state (:class:`jaxdescent._engine.core.State`); a checkpoint of
 # another layout is refused with a message saying so
-STATE_FORMAT = 2
+STATE_FORMAT = 3
 # the longest default chunk: bounds the in-program history buffer of a long run, and lets
 # runs of more steps than this share one compiled program
 MAX_CHUNK = 8192
@@ -279,9 +287,12 @@ def _resume(path, state, steps, tol, run_meta):
     status = np.where(reopen, Status.RUNNING, np.where(met, Status.CONVERGED, status))
     # the optimizer of this call decides the hyperparameters (as an optax rule's closure
     # would): the values saved in the state are replaced by the fresh state's
+    like = (saved.params, saved.opt_state)
+    prev_params, prev_state = unpack_host(saved.prev, like)
+    lead = len(saved.status.shape)
     saved = saved._replace(
         opt_state=refresh_hyperparams(saved.opt_state, state.opt_state),
-        prev_opt_state=refresh_hyperparams(saved.prev_opt_state, state.opt_state),
+        prev=pack_host((prev_params, refresh_hyperparams(prev_state, state.opt_state)), lead),
         status=jnp.asarray(status, jnp.int32),
     )
     return saved, ([np.asarray(hist[0])], [np.asarray(hist[1])]), done
