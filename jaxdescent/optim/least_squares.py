@@ -238,7 +238,7 @@ def _gn_direction(fl: _Flat, extras, hp, kind: str, static) -> _Proposal:
     system = curvature.ggn(fl.out_fn, likelihood, targets, x, weighted=kind == "svd")
     s = ls.column_scale(system.gram)
     gram_s, g_s = ls.scaled(system.gram, g, s)
-    wjac_s = None if system.wjac is None else system.wjac / s
+    wjac_s = None if system.wjac is None else system.wjac / s[None, :]
     damping = lam * jnp.diagonal(gram_s)
     z = ls.solve_scaled(kind, gram_s, g_s, damping, wjac_s, system.wres).z
     z, _ = ls.descent_or_gradient(z, g_s)
@@ -436,6 +436,10 @@ def _lm_values(initial_damping, initial_radius, scaled, geodesic, solver, eta, m
                      "scaled": scaled, "geodesic": geodesic}  # fmt: skip
 
 
+# a gain ratio above this: the quadratic model held (the radius may open to the proposal)
+VERY_GOOD = 0.9
+
+
 class _Damped(NamedTuple):
     """One Levenberg-Marquardt solve: ``z`` in the radius's metric (``z = D d``), ``d``,
     ``z.(G_s + mu)^{-1} z`` (for the secular update), ``z.G_s z``, Moré's scale ``D``, the
@@ -468,7 +472,7 @@ def _lm_dense(fl: _Flat, extras, state, hp, kind, static) -> _Damped:
     else:
         scale, s, e = jnp.ones_like(x), c, 1.0 / (c * c)
     gram_s, g_s = ls.scaled(system.gram, g, s)
-    wjac_s = None if system.wjac is None else system.wjac / s
+    wjac_s = None if system.wjac is None else system.wjac / s[None, :]
     # mu relative to the largest scaled curvature, so initial_damping is unit-free
     top = jnp.max(jnp.diagonal(gram_s) / e)
     top = jnp.where((top > 0) & jnp.isfinite(top), top, 1.0)
@@ -540,7 +544,7 @@ def _secular_damping(mu, z_norm, inverse_norm2, radius, top) -> jax.Array:
     lands about on the boundary of the next region. The function is concave and increasing,
     so from a damping that gave too long a step the update does not overshoot."""
     ratio = z_norm * z_norm / jnp.where(inverse_norm2 > 0, inverse_norm2, 1.0)
-    new = mu + ratio * (z_norm - radius) / radius
+    new = mu + ratio * (z_norm / radius - 1.0)  # an infinite radius: mu - ratio
     new = jnp.where(jnp.isfinite(new), new, mu)
     eps = jnp.finfo(mu.dtype).eps
     return jnp.clip(new, eps * top, top / (eps * eps))
@@ -693,8 +697,23 @@ def levenberg_marquardt(
         moved = verdict.accept & ~skip
         # the Gauss-Newton step itself (no damping to speak of) fitted: MINPACK's par = 0
         undamped = inside & (mu <= jnp.sqrt(jnp.finfo(dtype).eps) * prop.top)
-        new_radius = _next_radius(radius, verdict.rho, size, moved, undamped)
+        # the undamped step's length from the secular model (1/||z(mu)|| about linear in mu):
+        # 1/||z(0)|| ~ 1/||z|| - mu ||q||^2 / ||z||^3 (none left: the step is far longer)
+        safe = jnp.where(z_norm > 0, z_norm, 1.0)
+        inverse0 = (1.0 - mu * prop.inverse_norm2 / (safe * safe)) / safe
+        undamped_norm = jnp.where(inverse0 > 0, 1.0 / jnp.where(inverse0 > 0, inverse0, 1.0),
+                                  jnp.inf)  # fmt: skip
+        new_radius = _next_radius(
+            radius, verdict.rho, size, moved, undamped, z_norm, undamped_norm
+        )
         new_mu = _secular_damping(mu, z_norm, prop.inverse_norm2, new_radius, prop.top)
+        # a failed factorisation (or an overflow): a rejection with ten times the damping
+        failed = ~tr.finite(prop.d)
+        new_radius = jnp.where(failed, jnp.where(jnp.isfinite(radius), tr.SHRINK * radius, radius),
+                               new_radius)  # fmt: skip
+        raised = jnp.maximum(10.0 * mu, jnp.sqrt(jnp.finfo(dtype).eps) * prop.top)
+        new_mu = jnp.where(failed, jnp.minimum(raised, prop.top / jnp.finfo(dtype).eps ** 2),
+                           new_mu)  # fmt: skip
         new_radius = jnp.where(skip, radius, new_radius)
         new_mu = jnp.where(skip, mu, new_mu)
         step = jnp.where(moved & tr.finite(d), d, 0.0)
@@ -714,13 +733,21 @@ def levenberg_marquardt(
     return curvature_rule(init, update, stalled=_stuck)
 
 
-def _next_radius(radius, rho, size, moved, undamped) -> jax.Array:
-    """Moré's radius rule (MINPACK's ``lmder``): after a good step (``rho > 3/4``, or
-    ``rho >= 1/4`` for the undamped Gauss-Newton step) at least twice the step; after a
-    poor one (``rho < 1/4``) at most half the radius; after a rejection a quarter of the
-    step (Nocedal and Wright's Algorithm 4.1)."""
+def _next_radius(radius, rho, size, moved, undamped, proposal, undamped_norm) -> jax.Array:
+    """Moré's radius rule (MINPACK's ``lmder``), one proposal at a time: after a good step
+    (``rho > 3/4``, or ``rho >= 1/4`` for the undamped Gauss-Newton step) at least twice the
+    step; after a very good one (``rho > 0.9``) up to the damped proposal it was cut from,
+    and after one the quadratic model predicted to 1% up to the undamped step's length;
+    never more than ten times the step. After a poor step (``rho < 1/4``) at most half the
+    radius; after a rejection a quarter of the step (Nocedal and Wright's Algorithm 4.1)."""
     good = (rho > tr.GOOD) | (undamped & (rho >= tr.POOR))
-    grown = jnp.where(good, jnp.maximum(radius, tr.GROW * size), radius)
+    opened = jnp.maximum(
+        jnp.where(rho > VERY_GOOD, proposal, 0.0),
+        jnp.where(jnp.abs(rho - 1.0) < 0.01, undamped_norm, 0.0),
+    )
+    model_held = jnp.minimum(opened, 10.0 * size)
+    grown = jnp.maximum(jnp.maximum(radius, tr.GROW * size), model_held)
+    grown = jnp.where(good, grown, radius)
     grown = jnp.where(rho < tr.POOR, jnp.minimum(0.5 * radius, size), grown)
     return jnp.where(moved, grown, tr.SHRINK * size)
 

@@ -10,8 +10,10 @@ and needs no learning rate. But the stationary point of the model is a saddle or
 when ``H`` is indefinite, so the plain update is *attracted* to saddle points; and forming
 ``H`` costs ``n^2`` memory. The rules here are the textbook update and the usual remedies:
 
-- :func:`newton`: exact Hessian, Levenberg damping ``H + mu I`` raised until positive
-  definite, Armijo backtracking; ``damping=0.0, line_search=False`` is the textbook update.
+- :func:`newton`: exact Hessian; by default an exact trust region with one proposal per
+  update (:mod:`jaxdescent.optim.trust_region`); or Levenberg damping ``H + mu I`` raised
+  until positive definite with Armijo backtracking; ``damping=0.0, line_search=False`` is
+  the textbook update.
 - :func:`saddle_free_newton`: rescales by ``|H|`` (eigenvalues in absolute value), so
   negative-curvature directions are descended, not climbed.
 - :func:`newton_cg`: matrix-free truncated Newton, conjugate gradients on Hessian-vector
@@ -608,7 +610,8 @@ def saddle_free_newton(
     """
     check_positive("damping", damping)
     search = _check_search(line_search, shrink, c1, max_line_search_steps)
-    values = {"damping": damping, "shrink": shrink, "c1": c1}
+    # the line search's values are runtime state only where a search reads them
+    values = {"damping": damping, **({"shrink": shrink, "c1": c1} if search else {})}
 
     def init(params):
         dtype = curvature.work_dtype(tree_dtype(params))
@@ -701,7 +704,8 @@ def newton_cg(
         raise ValueError(f"cg_tol must be in (0, 1]; got {cg_tol!r}")
     check_nonnegative("damping", damping)
     search = _check_search(line_search, shrink, c1, max_line_search_steps)
-    values = {"cg_tol": cg_tol, "damping": damping, "shrink": shrink, "c1": c1}
+    values = {"cg_tol": cg_tol, "damping": damping}
+    values.update({"shrink": shrink, "c1": c1} if search else {})
 
     def init(params):
         dtype = tree_dtype(params)

@@ -108,9 +108,12 @@ def judge(
     r"""Accept a proposal when ``rho = actual / predicted > eta`` and the loss went down.
 
     A promised decrease within the loss's rounding (``predicted <= 16 eps size``, float32
-    near a minimum) makes the ratio noise: such a step, or one whose loss change is exactly
-    zero, is taken when it does not raise the loss and ``gradient_shrinks()`` (evaluated
-    under ``lax.cond`` only then). A step that raises the loss is never taken.
+    near a minimum) makes the ratio noise, and the measured change is noise too, of either
+    sign: such a step is taken when its change is within that rounding and
+    ``gradient_shrinks()`` (evaluated under ``lax.cond``, only then), so a run converges in
+    the gradient as far as the gradient can be resolved. Otherwise (a promised decrease
+    above rounding) a step that raises the loss is never taken; one that leaves it exactly
+    unchanged is taken when the gradient shrinks.
     """
     dtype = actual.dtype
     noise = NOISE * jnp.finfo(dtype).eps * size
@@ -118,7 +121,7 @@ def judge(
     rho = actual / jnp.where(predicted > 0, predicted, 1.0)
     by_ratio = ok & (actual > 0) & (rho > eta)
     quiet = ok & (predicted <= noise)
-    maybe = ok & ~by_ratio & (quiet | (actual == 0)) & (actual >= 0)
+    maybe = ok & ~by_ratio & ((quiet & (actual >= -noise)) | (actual == 0))
     flat = jax.lax.cond(maybe, gradient_shrinks, lambda: jnp.zeros([], bool))
     accept = by_ratio | (maybe & flat)
     rho = jnp.where(maybe & flat, jnp.ones([], dtype), jnp.where(ok, rho, 0.0))
@@ -163,9 +166,10 @@ def no_trial(step_norm: jax.Array, x_norm: jax.Array, x: jax.Array, step: jax.Ar
     no longer than ``eps ||D x||`` changes the scaled params by less than their rounding,
     and one with ``x + d == x`` changes nothing. The rule then leaves its state as it was,
     so the same proposal comes back at every later update (a fixed point: the run stalled).
+    A non-finite step is not "below rounding": the rule handles it as a failed solve.
     """
-    floor = jnp.finfo(x.dtype).eps * x_norm
-    return (step_norm <= floor) | ~(step_norm > jnp.finfo(x.dtype).tiny) | jnp.all(x + step == x)
+    floor = jnp.maximum(jnp.finfo(x.dtype).eps * x_norm, jnp.finfo(x.dtype).tiny)
+    return (step_norm <= floor) | jnp.all(x + step == x)  # false for a non-finite step
 
 
 def more_sorensen(
@@ -214,9 +218,10 @@ def more_sorensen(
     # inside at the lowest shift: the Newton step (H positive definite), or the hard case
     mu = jnp.where(inside, base, mu)
     zt = -gt / (lam + mu)
-    tau = jnp.sqrt(jnp.maximum(radius**2 - jnp.sum(zt**2), 0.0))
+    # the hard case: the component along the lowest eigenvector takes the rest of the radius
+    rest = jnp.sqrt(jnp.maximum(radius**2 - jnp.sum(zt[1:] ** 2), 0.0))
     hard = inside & ~pd
-    zt = jnp.where(hard, zt.at[0].add(jnp.where(gt[0] > 0, -tau, tau)), zt)
+    zt = jnp.where(hard, zt.at[0].set(jnp.where(gt[0] > 0, -rest, rest)), zt)
     z = q @ zt
     # (H + mu I) z = -g gives -(g.z + z.H z / 2) = sum (lam + 2 mu) zt^2 / 2, a sum of
     # non-negative terms; the hard case's completion breaks the identity, so it is direct
