@@ -177,12 +177,14 @@ def canonical_link(likelihood: Any, targets: Any = None) -> bool:
 
 class GGN(NamedTuple):
     """The GGN at ``x``: ``gram`` is ``G = J^T F J / n`` (symmetric, ``(p, p)``); ``out`` the
-    model's outputs there. With a diagonal Fisher and ``weighted=True``, also the weighted
+    model's outputs there; ``pullback`` maps a vector ``u`` shaped like ``out`` to
+    ``J^T u`` (flat). With a diagonal Fisher and ``weighted=True``, also the weighted
     Jacobian ``A = (F/n)^{1/2} J`` (``(m, p)``, outputs flattened) and the weighted residual
     ``b = (dL/df) / (F/n)^{1/2}``, so that ``G = A^T A`` and the gradient is ``A^T b``."""
 
     out: jax.Array
     gram: jax.Array
+    pullback: Callable
     wjac: jax.Array | None = None
     wres: jax.Array | None = None
 
@@ -207,44 +209,68 @@ def jacobian(out_fn: Callable, x: jax.Array) -> tuple[jax.Array, jax.Array]:
     return out, jac.astype(x.dtype)
 
 
+# From this many Jacobian entries on, G is formed as the GGN-vector product applied to the
+# identity (a batched JVP and a batched VJP: for a GLM X^T (W X), as IRLS forms it, without
+# storing J or the weighted Jacobian); below, from J itself, which is cheaper for the small
+# models fitted by the thousand under vmap (a JVP is cheaper than a VJP there).
+MATVEC_ENTRIES = 2**16
+
+
 def ggn(
     out_fn: Callable, likelihood: Any, targets: Any, x: jax.Array, *, weighted: bool = False
 ) -> GGN:
     """The dense GGN of ``L(x) = mean NLL(out_fn(x), targets)`` at the flat ``x``."""
+    dtype = x.dtype
+    m = max(1, math.prod(jax.eval_shape(out_fn, x).shape))
+    if not weighted and m * x.size >= MATVEC_ENTRIES:
+        out, matvec, pullback = _ggn_parts(out_fn, likelihood, targets, x)
+        gram = jax.vmap(matvec)(jnp.eye(x.size, dtype=dtype))
+        return GGN(out, 0.5 * (gram + gram.T), pullback)
     out, jac = jacobian(out_fn, x)
     n = examples(out)
-    dtype = x.dtype
+
+    def pullback(u):
+        return (jac.T @ u.reshape(-1).astype(dtype)).astype(dtype)
+
     if getattr(likelihood, "diagonal_fisher", False):
         w = likelihood.fisher_vp(out, jnp.ones_like(out), targets).reshape(-1) / n
         root = jnp.sqrt(jnp.maximum(w, 0.0)).astype(dtype)
         wjac = root[:, None] * jac
         gram = wjac.T @ wjac
         if not weighted:
-            return GGN(out, gram)
+            return GGN(out, gram, pullback)
         dl = jax.grad(lambda o: mean_nll(likelihood, o, targets))(out).reshape(-1)
         safe = root > jnp.finfo(dtype).tiny ** 0.5
         wres = jnp.where(safe, dl / jnp.where(safe, root, 1.0), 0.0).astype(dtype)
-        return GGN(out, gram, wjac, wres)
+        return GGN(out, gram, pullback, wjac, wres)
     columns = jac.T.reshape((x.size, *out.shape))
     fj = jax.vmap(lambda c: likelihood.fisher_vp(out, c, targets))(columns)
     gram = (fj.reshape(x.size, -1) @ jac).astype(dtype) / n
-    return GGN(out, 0.5 * (gram + gram.T))
+    return GGN(out, 0.5 * (gram + gram.T), pullback)
 
 
-def ggn_matvec(
-    out_fn: Callable, likelihood: Any, targets: Any, x: jax.Array
-) -> tuple[jax.Array, Callable]:
-    """``(out, v -> G v)``: the GGN applied matrix-free, one JVP and one VJP of the model per
-    product (``jax.linearize`` once, then its transpose)."""
+def _ggn_parts(out_fn, likelihood, targets, x):
+    """``(out, v -> G v, u -> J^T u)`` from one linearisation of the model."""
     out, jvp = jax.linearize(out_fn, x)
     vjp = jax.linear_transpose(jvp, x)
     n = examples(out)
 
-    def matvec(v):
-        (back,) = vjp(likelihood.fisher_vp(out, jvp(v), targets))
-        return back.astype(x.dtype) / n
+    def pullback(u):
+        (back,) = vjp(u.astype(out.dtype))
+        return back.astype(x.dtype)
 
-    return out, matvec
+    def matvec(v):
+        return pullback(likelihood.fisher_vp(out, jvp(v), targets)) / n
+
+    return out, matvec, pullback
+
+
+def ggn_matvec(
+    out_fn: Callable, likelihood: Any, targets: Any, x: jax.Array
+) -> tuple[jax.Array, Callable, Callable]:
+    """``(out, v -> G v, u -> J^T u)``: the GGN applied matrix-free, one JVP and one VJP of
+    the model per product (``jax.linearize`` once, then its transpose)."""
+    return _ggn_parts(out_fn, likelihood, targets, x)
 
 
 def ggn_dense(model_fn: Callable, likelihood: Any, targets: Any, params: Any) -> jax.Array:

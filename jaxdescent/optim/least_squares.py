@@ -162,21 +162,32 @@ def _const(shape: tuple[int, ...], value, dtype) -> jax.Array:
 
 class _Proposal(NamedTuple):
     """A solved system: the step ``d``, its scaled length, the scale ``s`` (``z = s d``),
-    ``dGd = d.G d`` and CG iterations."""
+    ``dGd = d.G d``, CG iterations and the model's outputs."""
 
     d: jax.Array
     z_norm: jax.Array
     s: jax.Array
     dgd: jax.Array
     cg_steps: jax.Array
+    out: jax.Array  # the model's outputs at the params
+    pullback: Callable  # u -> J^T u at the params
 
 
-def _gradient_shrinks(change: tr.Change, trial: jax.Array, g: jax.Array) -> Callable:
-    def test():
-        g_new = jax.grad(change.fn)(trial)
+def _trial(fl: _Flat, extras, change: tr.Change, pullback, trial, g):
+    """``(actual decrease, gradient test)`` at ``trial``, from one evaluation of the model
+    there. The test (run only for a decrease promised within rounding) takes the gradient
+    there as ``J^T dL/df`` with ``J`` the Jacobian at the params, already at hand: in that
+    regime the step is within rounding of the params' own scale, so ``J`` has not moved."""
+    likelihood, targets = extras["likelihood"], extras["targets"]
+    out = fl.out_fn(trial)
+    actual = -change.of_outputs(out)
+
+    def gradient_shrinks():
+        dl = jax.grad(lambda o: curvature.mean_nll(likelihood, o, targets))(out)
+        g_new = pullback(dl)
         return tr.finite(g_new) & (jnp.vdot(g_new, g_new) < jnp.vdot(g, g))
 
-    return test
+    return actual, gradient_shrinks
 
 
 def _cg_tol(hp, cg_default) -> jax.Array:
@@ -223,7 +234,7 @@ def _gn_direction(fl: _Flat, extras, hp, kind: str, static) -> _Proposal:
     dtype = x.dtype
     lam = hp["damping"].astype(dtype)
     if kind == "cg":
-        _, matvec = curvature.ggn_matvec(fl.out_fn, likelihood, targets, x)
+        out, matvec, pullback = curvature.ggn_matvec(fl.out_fn, likelihood, targets, x)
         gg = jnp.vdot(g, g)
         rayleigh = jnp.vdot(g, matvec(g)) / jnp.where(gg > 0, gg, 1.0)
         tol = _cg_tol(hp, static["cg_tol"]).astype(dtype) * jnp.sqrt(gg)
@@ -234,7 +245,7 @@ def _gn_direction(fl: _Flat, extras, hp, kind: str, static) -> _Proposal:
         gradient_step = -g / jnp.where(rayleigh > 0, rayleigh, 1.0)
         d, _ = ls.descent_or_gradient(sol.x, -gradient_step)
         return _Proposal(d, jnp.linalg.norm(d), jnp.ones_like(x), jnp.vdot(d, matvec(d)),
-                         sol.iterations)  # fmt: skip
+                         sol.iterations, out, pullback)  # fmt: skip
     system = curvature.ggn(fl.out_fn, likelihood, targets, x, weighted=kind == "svd")
     s = ls.column_scale(system.gram)
     gram_s, g_s = ls.scaled(system.gram, g, s)
@@ -243,7 +254,8 @@ def _gn_direction(fl: _Flat, extras, hp, kind: str, static) -> _Proposal:
     z = ls.solve_scaled(kind, gram_s, g_s, damping, wjac_s, system.wres).z
     z, _ = ls.descent_or_gradient(z, g_s)
     zero = jnp.zeros([], jnp.int32)
-    return _Proposal(z / s, jnp.linalg.norm(z), s, jnp.vdot(z, gram_s @ z), zero)
+    return _Proposal(z / s, jnp.linalg.norm(z), s, jnp.vdot(z, gram_s @ z), zero, system.out,
+                     system.pullback)  # fmt: skip
 
 
 def gauss_newton(
@@ -356,7 +368,8 @@ def gauss_newton(
         kind = ls.choose_solver(static["solver"], x.size)
         prop = _gn_direction(fl, extras, hp, kind, static)
         d = prop.d
-        change = tr.loss_change(lambda v: value_fn(fl.to_tree(v)), x, extras, fl.to_tree)
+        change = tr.loss_change(lambda v: value_fn(fl.to_tree(v)), x, extras, fl.to_tree,
+                                out=prop.out)  # fmt: skip
         if line_search is False:
             step, t, moved, stuck = d, jnp.ones([], dtype), jnp.ones([], bool), state.stuck
         elif line_search:
@@ -374,9 +387,9 @@ def gauss_newton(
             x_norm = jnp.linalg.norm(prop.s * x)
             skip = tr.no_trial(t * prop.z_norm, x_norm, x, step)
             predicted = -t * jnp.vdot(g, d) - 0.5 * t * t * prop.dgd
-            actual = -change.fn(trial)
+            actual, gradient_shrinks = _trial(fl, extras, change, prop.pullback, trial, g)
             verdict = tr.judge(actual, predicted, hp["c1"], change.size, tr.finite(step),
-                               _gradient_shrinks(change, trial, g))  # fmt: skip
+                               gradient_shrinks)  # fmt: skip
             moved = verdict.accept & ~skip
             grown = jnp.minimum(1.0, t / hp["shrink"])
             t = jnp.where(skip, t, jnp.where(moved, grown, t * hp["shrink"]))
@@ -452,6 +465,8 @@ class _Damped(NamedTuple):
     scale: jax.Array
     top: jax.Array
     cg_steps: jax.Array
+    out: jax.Array
+    pullback: Callable
 
 
 def _first_damping(state, hp, top, dtype):
@@ -492,14 +507,16 @@ def _lm_dense(fl: _Flat, extras, state, hp, kind, static) -> _Damped:
         dd = jnp.vdot(d, d)
         inverse_norm2 = dd * dd / jnp.where(zgz + mu * dd > 0, zgz + mu * dd, 1.0)
     zero = jnp.zeros([], jnp.int32)
-    return _Damped(scale * d, d, inverse_norm2, zgz, scale, top, zero)
+    return _Damped(scale * d, d, inverse_norm2, zgz, scale, top, zero, system.out,
+                   system.pullback)  # fmt: skip
 
 
 def _lm_cg(fl: _Flat, extras, state, hp, static) -> _Damped:
     """``(G + mu I) d = -g`` by CG; ``mu`` starts at ``initial_damping`` times the Rayleigh
     quotient ``g.G g / g.g``."""
     x, g, dtype = fl.x, fl.g, fl.x.dtype
-    _, matvec = curvature.ggn_matvec(fl.out_fn, extras["likelihood"], extras["targets"], x)
+    out, matvec, pullback = curvature.ggn_matvec(fl.out_fn, extras["likelihood"],
+                                                 extras["targets"], x)  # fmt: skip
     gg = jnp.vdot(g, g)
     top = jnp.vdot(g, matvec(g)) / jnp.where(gg > 0, gg, 1.0)
     top = jnp.where((top > 0) & jnp.isfinite(top), top, 1.0)
@@ -519,7 +536,8 @@ def _lm_cg(fl: _Flat, extras, state, hp, static) -> _Damped:
     # z.(G + mu I)^{-1} z, from the Rayleigh quotient of G + mu I along d (exact when d is
     # an eigenvector; CG gives no factor to solve with)
     inverse_norm2 = dd * dd / jnp.where(dgd + mu * dd > 0, dgd + mu * dd, 1.0)
-    return _Damped(d, d, inverse_norm2, dgd, jnp.ones_like(x), top, sol.iterations)
+    return _Damped(d, d, inverse_norm2, dgd, jnp.ones_like(x), top, sol.iterations, out,
+                   pullback)  # fmt: skip
 
 
 def _second_order_rhs(fl: _Flat, extras, d) -> jax.Array:
@@ -689,11 +707,12 @@ def levenberg_marquardt(
         d = prop.d * shrink
         size = z_norm * shrink
         skip = tr.no_trial(size, x_norm, x, d)
-        change = tr.loss_change(lambda v: value_fn(fl.to_tree(v)), x, extras, fl.to_tree)
+        change = tr.loss_change(lambda v: value_fn(fl.to_tree(v)), x, extras, fl.to_tree,
+                                out=prop.out)  # fmt: skip
         predicted = -shrink * jnp.vdot(g, prop.d) - 0.5 * shrink * shrink * prop.zgz
-        trial = x + d
-        verdict = tr.judge(-change.fn(trial), predicted, hp["eta"], change.size, tr.finite(d),
-                           _gradient_shrinks(change, trial, g))  # fmt: skip
+        actual, gradient_shrinks = _trial(fl, extras, change, prop.pullback, x + d, g)
+        verdict = tr.judge(actual, predicted, hp["eta"], change.size, tr.finite(d),
+                           gradient_shrinks)  # fmt: skip
         moved = verdict.accept & ~skip
         # the Gauss-Newton step itself (no damping to speak of) fitted: MINPACK's par = 0
         undamped = inside & (mu <= jnp.sqrt(jnp.finfo(dtype).eps) * prop.top)

@@ -102,13 +102,49 @@ class Solved(NamedTuple):
 
 def solve_dense(gram_s: jax.Array, rhs: jax.Array, damping: jax.Array) -> Solved:
     """``z = (G_s + diag(damping) + delta I)^{-1} rhs`` by one Cholesky factorisation
-    (non-finite where it fails)."""
+    (non-finite where it fails): written out element by element for up to
+    ``UNROLLED`` parameters (so that under ``vmap`` thousands of small systems are solved by
+    vector instructions, where a LAPACK call per system costs about ten times as much),
+    LAPACK's above."""
     p = rhs.shape[0]
     matrix = gram_s + jnp.diag(damping + shift(p, rhs.dtype))
+    if p <= UNROLLED:
+        return _unrolled_cholesky_solve(matrix, rhs)
     chol = jnp.linalg.cholesky(matrix)
     z = jax.scipy.linalg.cho_solve((chol, True), rhs)
     q = jax.scipy.linalg.solve_triangular(chol, z, lower=True)
     return Solved(z, jnp.vdot(q, q))
+
+
+# the most parameters whose Cholesky factorisation is written out (p^3 / 6 operations)
+UNROLLED = 8
+
+
+def _unrolled_cholesky_solve(matrix: jax.Array, rhs: jax.Array) -> Solved:
+    """Cholesky ``M = L L^T``, ``z = M^{-1} rhs`` and ``||L^{-1} z||^2``, entry by entry (a
+    negative pivot gives NaN, as LAPACK's failure does)."""
+    p = rhs.shape[0]
+    low = [[None] * p for _ in range(p)]
+    for j in range(p):
+        pivot = matrix[j, j] - sum((low[j][k] * low[j][k] for k in range(j)), 0.0)
+        low[j][j] = jnp.sqrt(pivot)
+        for i in range(j + 1, p):
+            low[i][j] = (matrix[i, j] - sum((low[i][k] * low[j][k] for k in range(j)), 0.0)) / low[
+                j
+            ][j]
+
+    def forward(b):
+        y = []
+        for i in range(p):
+            y.append((b[i] - sum((low[i][k] * y[k] for k in range(i)), 0.0)) / low[i][i])
+        return y
+
+    y = forward(rhs)
+    z = [None] * p
+    for i in reversed(range(p)):
+        z[i] = (y[i] - sum((low[k][i] * z[k] for k in range(i + 1, p)), 0.0)) / low[i][i]
+    q = forward(z)
+    return Solved(jnp.stack(z), sum((v * v for v in q), 0.0))
 
 
 def solve_svd(wjac_s: jax.Array, wres: jax.Array, damping: jax.Array) -> Solved:

@@ -55,14 +55,16 @@ def finite(*arrays: jax.Array) -> jax.Array:
 
 
 class Change(NamedTuple):
-    """``fn(v) = L(v) - L(x)`` and ``size``, the magnitude its rounding is relative to."""
+    """``fn(v) = L(v) - L(x)`` and ``size``, the magnitude its rounding is relative to; for a
+    likelihood loss also ``of_outputs``, the same change from the model's outputs at ``v``."""
 
     fn: Callable[[jax.Array], jax.Array]
     size: jax.Array
+    of_outputs: Callable[[jax.Array], jax.Array] | None = None
 
 
 def loss_change(
-    f: Callable, x: jax.Array, extras: dict[str, Any], unravel: Callable, value=None
+    f: Callable, x: jax.Array, extras: dict[str, Any], unravel: Callable, value=None, out=None
 ) -> Change:
     """``v -> L(v) - L(x)`` for the flat params ``x``.
 
@@ -71,19 +73,24 @@ def loss_change(
     :meth:`~jaxdescent.likelihoods.Likelihood.log_prob_kernel`, so constants such as the
     Gaussian's ``log(2 pi)/2`` cancel exactly: a decrease of 1e-10 in a loss of 0.92 is
     still measured to full precision, as least-squares codes do with ``||r||^2``. Otherwise
-    ``f(v) - f(x)`` (``value``, when given, is ``f(x)``).
+    ``f(v) - f(x)`` (``value``, when given, is ``f(x)``; ``out``, the model's outputs at
+    ``x``).
     """
     model_fn, likelihood, targets = (extras.get(k) for k in ("model_fn", "likelihood", "targets"))
     dtype = x.dtype
     if model_fn is not None and likelihood is not None and targets is not None:
-        kernel0 = likelihood.log_prob_kernel(model_fn(unravel(x)), targets)
+        out = model_fn(unravel(x)) if out is None else out
+        kernel0 = likelihood.log_prob_kernel(out, targets)
         n = kernel0.shape[0] if kernel0.ndim else 1
 
-        def change(v):
-            kernel = likelihood.log_prob_kernel(model_fn(unravel(v)), targets)
+        def of_outputs(output):
+            kernel = likelihood.log_prob_kernel(output, targets)
             return jnp.asarray(-jnp.sum(kernel - kernel0) / n, dtype)
 
-        return Change(change, jnp.asarray(jnp.sum(jnp.abs(kernel0)) / n, dtype))
+        def change(v):
+            return of_outputs(model_fn(unravel(v)))
+
+        return Change(change, jnp.asarray(jnp.sum(jnp.abs(kernel0)) / n, dtype), of_outputs)
     loss = jnp.asarray(f(x) if value is None else value, dtype)
     return Change(lambda v: jnp.asarray(f(v), dtype) - loss, jnp.abs(loss))
 
