@@ -36,6 +36,7 @@ _CASE_FUNCTIONS = {
     6: ("second_order", "case6"),
     7: ("first_order", "case7"),
     8: ("nist", "case8"),
+    9: ("small_fits", "case9"),
 }
 
 
@@ -45,7 +46,7 @@ def case_function(number: int) -> Callable[[Size], dict]:
     return getattr(importlib.import_module(f"benchmarks.{module}"), name)
 
 
-CASE_NUMBERS = tuple(range(1, 9))
+CASE_NUMBERS = tuple(range(1, 10))
 
 
 def parse_cases(text: str | None) -> list[int]:
@@ -54,10 +55,10 @@ def parse_cases(text: str | None) -> list[int]:
     try:
         chosen = [int(part) for part in text.split(",") if part.strip()]
     except ValueError:
-        raise SystemExit(f"--cases takes comma-separated case numbers 1-8; got {text!r}") from None
+        raise SystemExit(f"--cases takes comma-separated case numbers 1-9; got {text!r}") from None
     bad = [c for c in chosen if c not in CASE_NUMBERS]
     if bad or not chosen:
-        raise SystemExit(f"--cases takes case numbers from 1 to 8; got {text!r}")
+        raise SystemExit(f"--cases takes case numbers from 1 to 9; got {text!r}")
     return chosen
 
 

@@ -167,15 +167,19 @@ def running_scale(previous: jax.Array, current: jax.Array, first: jax.Array) -> 
 
 
 def no_trial(step_norm: jax.Array, x_norm: jax.Array, x: jax.Array, step: jax.Array) -> jax.Array:
-    """Whether a proposal is below the params' rounding and no trial is made.
+    """Whether a proposal changes nothing and no trial is made.
 
-    ``step_norm`` and ``x_norm`` are the scaled lengths of the step and the params: a step
-    no longer than ``eps ||D x||`` changes the scaled params by less than their rounding,
-    and one with ``x + d == x`` changes nothing. The rule then leaves its state as it was,
-    so the same proposal comes back at every later update (a fixed point: the run stalled).
-    A non-finite step is not "below rounding": the rule handles it as a failed solve.
+    A step with ``x + d == x`` in every entry cannot move the params; one whose scaled
+    length ``step_norm`` is at most ``eps^2 ||D x||`` (``x_norm``), far below the rounding
+    of the params' scale, is not tried either (so a params vector with zeros does not
+    shrink its radius towards underflow). The rule then leaves its state as it was, so the
+    same proposal comes back at every later update (a fixed point: the run stalled). A step
+    that changes the params in their last bits is still tried: near a minimum in float32
+    such a step can still shrink the gradient. A non-finite step is not "below rounding":
+    the rule handles it as a failed solve.
     """
-    floor = jnp.maximum(jnp.finfo(x.dtype).eps * x_norm, jnp.finfo(x.dtype).tiny)
+    eps = jnp.finfo(x.dtype).eps
+    floor = jnp.maximum(eps * eps * x_norm, jnp.finfo(x.dtype).tiny)
     return (step_norm <= floor) | jnp.all(x + step == x)  # false for a non-finite step
 
 
