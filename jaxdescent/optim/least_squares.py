@@ -392,7 +392,11 @@ def gauss_newton(
                                gradient_shrinks)  # fmt: skip
             moved = verdict.accept & ~skip
             grown = jnp.minimum(1.0, t / hp["shrink"])
-            t = jnp.where(skip, t, jnp.where(moved, grown, t * hp["shrink"]))
+            # a shortened step whose decrease was within rounding while the full step's is
+            # not could not be judged: the next proposal is longer, not shorter
+            full = -jnp.vdot(g, d) - 0.5 * prop.dgd
+            unmeasured = tr.unmeasured(verdict, full) & (t < 1.0)
+            t = jnp.where(skip, t, jnp.where(moved | unmeasured, grown, t * hp["shrink"]))
             step = jnp.where(moved, step, 0.0)
             stuck = skip
         step = jnp.where(tr.finite(step), step, jnp.zeros_like(step))
@@ -725,6 +729,13 @@ def levenberg_marquardt(
         new_radius = _next_radius(
             radius, verdict.rho, size, moved, undamped, z_norm, undamped_norm
         )
+        # a step the radius held back (on its boundary, damped) whose decrease was within
+        # rounding while the undamped step's would not be could not be judged: the region
+        # grows instead of shrinking (the full step's decrease estimated along the way, where
+        # a far-off minimum makes it grow about linearly with the length)
+        full = predicted * undamped_norm / jnp.where(size > 0, size, 1.0)
+        unmeasured = tr.unmeasured(verdict, full) & ~undamped & (size >= 0.9 * radius)
+        new_radius = jnp.where(unmeasured, tr.QUIET_GROW * radius, new_radius)
         new_mu = _secular_damping(mu, z_norm, prop.inverse_norm2, new_radius, prop.top)
         # a failed factorisation (or an overflow): a rejection with ten times the damping
         failed = ~tr.finite(prop.d)

@@ -249,6 +249,8 @@ class _Proposal(NamedTuple):
     mu: jax.Array  # its shift, (H + mu I) z = -g in scaled coordinates
     predicted: jax.Array  # the model's decrease -(g.z + z.H z / 2)
     radius: jax.Array  # the radius it was solved for
+    newton_ok: jax.Array  # H is positive definite: the Newton step exists
+    newton_decrease: jax.Array  # the Newton step's own decrease, -g.z_N / 2
 
 
 def _trust_region_proposal(hs, gs, state, hp, first) -> _Proposal:
@@ -281,7 +283,7 @@ def _trust_region_proposal(hs, gs, state, hp, first) -> _Proposal:
         return tr.more_sorensen(lam, q, gs, radius)
 
     z, mu, predicted = jax.lax.cond(pd & (length <= radius), by_cholesky, by_eigenvalues)
-    return _Proposal(z, mu, predicted, radius)
+    return _Proposal(z, mu, predicted, radius, pd, -0.5 * jnp.vdot(gs, newton))
 
 
 def _trust_region_update(f, x, g, h, state, hp, change: tr.Change, *, scaled: bool):
@@ -315,7 +317,10 @@ def _trust_region_update(f, x, g, h, state, hp, change: tr.Change, *, scaled: bo
     verdict = tr.judge(actual, prop.predicted, hp["eta"], change.size, tr.finite(d),
                        gradient_shrinks)  # fmt: skip
     moved = verdict.accept & ~skip
-    radius = tr.next_radius(prop.radius, verdict.rho, size, moved, hp["max_radius"])
+    # the Newton step's own decrease (where H is positive definite; else the model has no
+    # minimum and the region is what limits the step)
+    too_small = tr.unmeasured(verdict, jnp.where(prop.newton_ok, prop.newton_decrease, jnp.inf))
+    radius = tr.next_radius(prop.radius, verdict.rho, size, moved, hp["max_radius"], too_small)
     radius = jnp.where(skip, prop.radius, jnp.maximum(radius, jnp.finfo(x.dtype).tiny))
     step = jnp.where(moved, d, 0.0)
     return step, prop.mu, radius, verdict.rho, moved, skip, scale

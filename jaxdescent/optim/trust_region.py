@@ -47,6 +47,8 @@ SHRINK = 0.25
 GROW = 2.0
 # a promised decrease below NOISE * eps * |loss| is within the loss's rounding
 NOISE = 16.0
+# a region too small for its step's decrease to be measured grows by this factor
+QUIET_GROW = 10.0
 
 
 def finite(*arrays: jax.Array) -> jax.Array:
@@ -97,11 +99,22 @@ def loss_change(
 
 class Judgement(NamedTuple):
     """``accept``: take the proposal; ``rho``: its gain ratio (1 for a step judged by the
-    gradient within rounding); ``quiet``: the promised decrease was within rounding."""
+    gradient within rounding); ``quiet``: the promised decrease was within rounding;
+    ``noise``: that rounding."""
 
     accept: jax.Array
     rho: jax.Array
     quiet: jax.Array
+    noise: jax.Array
+
+
+def unmeasured(verdict: Judgement, full_decrease: jax.Array) -> jax.Array:
+    """A rejected proposal whose decrease was within rounding while the model's own,
+    unconstrained step promises far more (``full_decrease > 100 noise``): the region was too
+    small to measure the model in (far from the minimum of a loss of 1e19 in float32, say),
+    not wrong, so it should grow rather than shrink. Near a minimum the full step's decrease
+    is itself within rounding, and the region shrinks as after any rejection."""
+    return verdict.quiet & ~verdict.accept & (full_decrease > 100.0 * verdict.noise)
 
 
 def judge(
@@ -126,26 +139,33 @@ def judge(
     noise = NOISE * jnp.finfo(dtype).eps * size
     ok = step_ok & jnp.isfinite(actual) & (predicted > 0)
     rho = actual / jnp.where(predicted > 0, predicted, 1.0)
-    by_ratio = ok & (actual > 0) & (rho > eta)
     quiet = ok & (predicted <= noise)
+    by_ratio = ok & ~quiet & (actual > 0) & (rho > eta)
     maybe = ok & ~by_ratio & ((quiet & (actual >= -noise)) | (actual == 0))
     flat = jax.lax.cond(maybe, gradient_shrinks, lambda: jnp.zeros([], bool))
     accept = by_ratio | (maybe & flat)
     rho = jnp.where(maybe & flat, jnp.ones([], dtype), jnp.where(ok, rho, 0.0))
-    return Judgement(accept, rho, quiet)
+    return Judgement(accept, rho, quiet, noise)
 
 
 def next_radius(
-    radius: jax.Array, rho: jax.Array, size: jax.Array, accept: jax.Array, max_radius
+    radius: jax.Array,
+    rho: jax.Array,
+    size: jax.Array,
+    accept: jax.Array,
+    max_radius,
+    too_small: jax.Array | bool = False,
 ) -> jax.Array:
     """Nocedal and Wright's Algorithm 4.1: after a poor step (``rho < 1/4``, or rejected)
     the radius becomes a quarter of the step's length; after a good one (``rho > 3/4``) on
-    the boundary it doubles, up to ``max_radius``; otherwise it stays."""
+    the boundary it doubles, up to ``max_radius``; otherwise it stays. A region
+    :func:`unmeasured` found too small (``too_small``) grows by ``QUIET_GROW``."""
     on_edge = size >= 0.99 * radius
     grown = jnp.where((rho > GOOD) & on_edge, jnp.minimum(GROW * radius, max_radius), radius)
     length = jnp.where(jnp.isfinite(size) & (size > 0), jnp.minimum(size, radius), radius)
     poor = ~accept | (rho < POOR)
-    return jnp.where(poor, SHRINK * length, grown)
+    new = jnp.where(poor, SHRINK * length, grown)
+    return jnp.where(too_small & on_edge, jnp.minimum(QUIET_GROW * radius, max_radius), new)
 
 
 def nielsen(
