@@ -288,10 +288,11 @@ def gauss_newton(
     is zero and the next proposes ``shrink t`` (a backtracking search spread over updates:
     no inner loop, one factorisation per update, the same work in every lane under
     ``vmap``). A GLM or a linear least-squares problem takes the full step every time. Where
-    the promised decrease is within the loss's rounding (float32 near the minimum), a step
-    that does not raise the loss and shrinks the gradient is taken. Once ``t d`` is below the
-    params' rounding no trial is made, and :func:`jaxdescent.fit` ends a full-batch run
-    ``STALLED``. ``line_search=True`` instead backtracks (Armijo) within each update until a
+    the promised decrease is within the loss's rounding (float32 near the minimum), the
+    ratio is not read: a step that keeps the loss within its rounding and shrinks the
+    gradient is taken (and a shortened step is lengthened again when the full one promises
+    a measurable decrease). Once ``t d`` cannot change the params no trial is made, and
+    :func:`jaxdescent.fit` ends a full-batch run ``STALLED``. ``line_search=True`` instead backtracks (Armijo) within each update until a
     step is found (for mini-batches, where the next update sees other data);
     ``line_search=False`` takes ``d`` in full, unguarded.
 
@@ -595,23 +596,28 @@ def levenberg_marquardt(
     invariant to the units of each parameter. It is Moré's trust-region form with **one
     proposal and one factorisation per update**: the damped step ``z'`` is solved once
     (Cholesky of the column-scaled system), pulled back to the trust radius ``Delta`` if it
-    is longer, and taken when the loss falls with ``rho > eta``. The radius then follows
-    Moré's rule (twice the step after ``rho > 3/4``, at most half after ``rho < 1/4``, a
-    quarter of the step after a rejection) and ``mu`` takes one Newton step on the secular
-    equation ``||D z'(mu)|| = Delta`` towards the new radius, so the damping tracks the
-    radius across updates instead of in an inner loop. A rejected proposal is an update of
-    its own (zero), as in Gpufit and optimistix: under ``vmap`` every fit does the same work
-    per update.
+    is longer (by more than 10%, as MINPACK allows), and taken when the loss falls with
+    ``rho > eta``. The radius then follows Moré's rule (at least twice the step after
+    ``rho > 3/4``, or ``rho >= 1/4`` for an undamped step; after a step the quadratic model
+    predicted well, up to the undamped step's length, at most ten times the step; at most
+    half the radius after ``rho < 1/4``; a quarter of the step after a rejection) and ``mu``
+    takes one Newton step on the secular equation ``||D z'(mu)|| = Delta`` towards the new
+    radius, so the damping tracks the radius across updates instead of in an inner loop. A
+    rejected proposal is an update of its own (zero), as in Gpufit and optimistix: under
+    ``vmap`` every fit does the same work per update.
 
     The first ``mu`` is ``initial_damping`` times the largest scaled curvature
-    ``max(diag(G) / D^2)``; the first radius ``initial_radius * ||D theta_0||`` (MINPACK's
-    ``factor``), unbounded from ``theta_0 = 0`` (so a linear problem from zeros is solved in
-    about one step). A step that raises the loss is never taken; where the promised decrease
-    is within the loss's rounding (float32 near a minimum), a step that does not raise it
-    and shrinks the gradient is taken. When the proposal falls below the params' rounding
-    (``||D d|| <= eps ||D theta||``), or the damping reaches its cap, the update leaves
-    params and state as they were: every later update would do the same, and
-    :func:`jaxdescent.fit` ends a full-batch run ``STALLED``.
+    ``max(diag(G) / D^2)``; the first radius ``initial_radius * ||D theta_0||``, unbounded
+    from ``theta_0 = 0`` (so a linear problem from zeros is solved in one or two steps).
+    Where the promised decrease is within the loss's rounding (float32), the gain ratio is
+    noise and is not read: near a minimum a step that keeps the loss within its rounding
+    and shrinks the gradient is taken, so the run converges as far as the gradient can be
+    resolved; far from one (a loss of 1e19, a region too small to measure its step in) the
+    region grows instead. Otherwise a step that raises the loss is never taken. When the
+    proposal cannot change the params (``x + d == x``), the update leaves params and state
+    as they were: every later update would do the same, and :func:`jaxdescent.fit` ends a
+    full-batch run ``STALLED``. A failed factorisation is a rejection with ten times the
+    damping.
 
     With ``geodesic=True`` each step adds Transtrum and Sethna's second-order correction
     ``a/2``, ``(G + mu D^2) a = -J^T F r''/n`` with ``r''`` the model's second directional

@@ -426,11 +426,12 @@ def newton(
       loss goes down; ``Delta`` doubles after a good step on the boundary (``rho > 3/4``)
       and shrinks to ``||D d|| / 4`` after a poor or rejected one (``rho < 1/4``; Nocedal and
       Wright's Algorithm 4.1). A rejected proposal is an update of its own (zero); the next
-      one solves for the smaller region. **A step that raises the loss is never taken.**
-      (Where the promised decrease is within the loss's rounding, a step that does not raise
-      the loss and shrinks the gradient is taken.) Once the step is below the rounding of
-      the params, ``||D d|| <= eps ||D theta||``, no trial is made: from there no update can
-      move the params, and :func:`jaxdescent.fit` ends a full-batch run ``STALLED``. ``D``
+      one solves for the smaller region. **A step that raises the loss beyond its rounding is never taken.**
+      (Where the promised decrease is within the loss's rounding, the ratio is noise and is
+      not read: a step that keeps the loss within its rounding and shrinks the gradient is
+      taken; a region too small to measure a step in grows.) Once the step cannot change
+      the params (``theta + d == theta``), no trial is made: from there no update can move
+      the params, and :func:`jaxdescent.fit` ends a full-batch run ``STALLED``. ``D``
       is Moré's scaling, the running maximum of ``sqrt(|diag H|)`` (``scaled=True``), or
       ``I``.
     - **Line search** (``line_search=True``): ``(H + mu I) d = -g`` by Cholesky with Levenberg
