@@ -90,13 +90,12 @@ class GaussNewtonState(NamedTuple):
 class LevenbergMarquardtState(NamedTuple):
     """State of :func:`levenberg_marquardt`.
 
-    ``damping``: the ``mu`` the next update solves with; ``radius``: the trust radius
-    ``Delta`` on ``||D d||`` it uses (infinite: none); ``scale``: Moré's diagonal scaling ``D`` (the
-    running maximum of the Jacobian's weighted column norms; ones when unscaled or matrix
-    free); ``rho``: the last proposal's gain ratio; ``accepted``: whether the last update
-    moved; ``stuck``: it left params and state as they were (no trial below the params'
-    rounding, or the damping at its cap), so every later update does the same;
-    ``cg_steps``: CG iterations of the last update.
+    ``damping``: the ``mu`` the next update solves with; ``radius``: the trust radius ``Delta`` on
+    ``||D d||`` it uses (infinite: none); ``scale``: Moré's diagonal scaling ``D`` (the running
+    maximum of the Jacobian's weighted column norms; ones when unscaled or matrix free); ``rho``:
+    the last proposal's gain ratio; ``accepted``: whether the last update moved; ``stuck``: it left
+    params and state as they were (no trial: the proposal could not change the params), so
+    every later update does the same; ``cg_steps``: CG iterations of the last update.
     """
 
     count: jax.Array
@@ -287,14 +286,14 @@ def gauss_newton(
     taken step ``t`` grows back towards 1 (``t / shrink``); after a rejected one the update
     is zero and the next proposes ``shrink t`` (a backtracking search spread over updates:
     no inner loop, one factorisation per update, the same work in every lane under
-    ``vmap``). A GLM or a linear least-squares problem takes the full step every time. Where
-    the promised decrease is within the loss's rounding (float32 near the minimum), the
-    ratio is not read: a step that keeps the loss within its rounding and shrinks the
-    gradient is taken (and a shortened step is lengthened again when the full one promises
-    a measurable decrease). Once ``t d`` cannot change the params no trial is made, and
-    :func:`jaxdescent.fit` ends a full-batch run ``STALLED``. ``line_search=True`` instead backtracks (Armijo) within each update until a
-    step is found (for mini-batches, where the next update sees other data);
-    ``line_search=False`` takes ``d`` in full, unguarded.
+    ``vmap``). A GLM or a linear least-squares problem takes the full step every time. Where the
+    promised decrease is within the loss's rounding (float32 near the minimum), the ratio is not
+    read: a step that keeps the loss within its rounding and shrinks the gradient is taken (and a
+    shortened step is lengthened again when the full one promises a measurable decrease). Once ``t
+    d`` cannot change the params no trial is made, and :func:`jaxdescent.fit` ends a full-batch run
+    ``STALLED``. ``line_search=True`` instead backtracks (Armijo) within each update until a step
+    is found (for mini-batches, where the next update sees other data); ``line_search=False`` takes
+    ``d`` in full, unguarded.
 
     The system is solved in column-scaled coordinates (``solver``, see
     :mod:`jaxdescent.optim.linear_solve`): ``"dense"``, one Cholesky factorisation of the

@@ -343,8 +343,16 @@ def _newton_values(damping, line_search, initial_radius, max_radius, eta, dampin
         "max_radius": max_radius,
         "eta": eta,
     }
-    defaults = {"damping": 0.0, "damping_factor": 10.0, "max_damping_steps": 30, "shrink": 0.5,
-                "c1": 1e-4, "max_line_search_steps": 50, "max_radius": 1e10, "eta": 1e-4}  # fmt: skip
+    defaults = {
+        "damping": 0.0,
+        "damping_factor": 10.0,
+        "max_damping_steps": 30,
+        "shrink": 0.5,
+        "c1": 1e-4,
+        "max_line_search_steps": 50,
+        "max_radius": 1e10,
+        "eta": 1e-4,
+    }
     v = {k: defaults.get(k) if x is None else x for k, x in given.items()}
     # every value given is checked against its range first, whatever the form
     check_nonnegative("damping", v["damping"])
@@ -422,18 +430,17 @@ def newton(
       when ``H`` is positive definite and the step fits; otherwise the eigendecomposition
       gives the smallest ``mu >= max(0, -lambda_min)`` with ``||D d|| <= Delta`` (Moré and
       Sorensen's secular equation, hard case included), so negative curvature is *used*, not
-      just avoided. Each update makes **one proposal**, taken only if ``rho > eta`` and the
-      loss goes down; ``Delta`` doubles after a good step on the boundary (``rho > 3/4``)
-      and shrinks to ``||D d|| / 4`` after a poor or rejected one (``rho < 1/4``; Nocedal and
-      Wright's Algorithm 4.1). A rejected proposal is an update of its own (zero); the next
-      one solves for the smaller region. **A step that raises the loss beyond its rounding is never taken.**
-      (Where the promised decrease is within the loss's rounding, the ratio is noise and is
-      not read: a step that keeps the loss within its rounding and shrinks the gradient is
-      taken; a region too small to measure a step in grows.) Once the step cannot change
-      the params (``theta + d == theta``), no trial is made: from there no update can move
-      the params, and :func:`jaxdescent.fit` ends a full-batch run ``STALLED``. ``D``
-      is Moré's scaling, the running maximum of ``sqrt(|diag H|)`` (``scaled=True``), or
-      ``I``.
+      just avoided. Each update makes **one proposal**, taken only if ``rho > eta`` and the loss
+      goes down; ``Delta`` doubles after a good step on the boundary (``rho > 3/4``) and shrinks to
+      ``||D d|| / 4`` after a poor or rejected one (``rho < 1/4``; Nocedal and Wright's Algorithm
+      4.1). A rejected proposal is an update of its own (zero); the next one solves for the smaller
+      region. **A step that raises the loss beyond its rounding is never taken.** (Where the
+      promised decrease is within the loss's rounding, the ratio is noise and is not read: a step
+      that keeps the loss within its rounding and shrinks the gradient is taken; a region too small
+      to measure a step in grows.) Once the step cannot change the params (``theta + d == theta``),
+      no trial is made: from there no update can move the params, and :func:`jaxdescent.fit` ends a
+      full-batch run ``STALLED``. ``D`` is Moré's scaling, the running maximum of ``sqrt(|diag
+      H|)`` (``scaled=True``), or ``I``.
     - **Line search** (``line_search=True``): ``(H + mu I) d = -g`` by Cholesky with Levenberg
       damping ``mu`` raised from ``damping`` until ``H + mu I`` is positive definite, then
       Armijo backtracking on ``value_fn`` from the full step (Nocedal and Wright's
