@@ -209,8 +209,7 @@ def _gn_values(line_search, damping, solver, max_cg_steps, cg_tol, shrink, c1, m
     cg_steps = check_int("max_cg_steps", 50 if max_cg_steps is None else max_cg_steps, minimum=1)
     cg_tol = 1e-6 if cg_tol is None else cg_tol
     check_positive("cg_tol", cg_tol)
-    if float(cg_tol) > 1.0:
-        raise ValueError(f"cg_tol must be in (0, 1]; got {cg_tol!r}")
+    tr.check_bound("cg_tol", cg_tol, 1.0, below=True, strict=False, expected="in (0, 1]")
     if line_search is not True and max_ls is not None:
         raise ValueError(f"max_line_search_steps is read only by line_search=True; got {max_ls!r}")
     if line_search is False and (shrink is not None or c1 is not None):
@@ -437,8 +436,7 @@ def _lm_values(initial_damping, initial_radius, scaled, geodesic, solver, eta, m
     check_flag("geodesic", geodesic)
     solver = check_choice("solver", solver, ls.SOLVERS)
     check_nonnegative("eta", eta)
-    if float(eta) >= 0.25:
-        raise ValueError(f"eta must be in [0, 0.25); got {eta!r}")
+    tr.check_bound("eta", eta, 0.25, below=True, strict=True, expected="in [0, 0.25)")
     if solver in ("dense", "svd"):
         for name, value in (("max_cg_steps", max_cg_steps), ("cg_tol", cg_tol)):
             if value is not None:
@@ -446,8 +444,7 @@ def _lm_values(initial_damping, initial_radius, scaled, geodesic, solver, eta, m
     cg_steps = check_int("max_cg_steps", 50 if max_cg_steps is None else max_cg_steps, minimum=1)
     cg_tol = 1e-8 if cg_tol is None else cg_tol
     check_positive("cg_tol", cg_tol)
-    if float(cg_tol) > 1.0:
-        raise ValueError(f"cg_tol must be in (0, 1]; got {cg_tol!r}")
+    tr.check_bound("cg_tol", cg_tol, 1.0, below=True, strict=False, expected="in (0, 1]")
     runtime = {"initial_damping": initial_damping, "initial_radius": initial_radius, "eta": eta}
     return runtime, {"solver": solver, "cg_tol": cg_tol, "max_cg_steps": cg_steps,
                      "scaled": scaled, "geodesic": geodesic}  # fmt: skip

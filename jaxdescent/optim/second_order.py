@@ -357,16 +357,15 @@ def _newton_values(damping, line_search, initial_radius, max_radius, eta, dampin
     # every value given is checked against its range first, whatever the form
     check_nonnegative("damping", v["damping"])
     check_real("damping_factor", v["damping_factor"])
-    if float(v["damping_factor"]) <= 1.0:
-        raise ValueError(f"damping_factor must be > 1; got {v['damping_factor']!r}")
+    tr.check_bound("damping_factor", v["damping_factor"], 1.0, below=False, strict=True,
+                   expected="> 1")  # fmt: skip
     tries = check_int("max_damping_steps", v["max_damping_steps"], minimum=1)
     search = _check_search(True, v["shrink"], v["c1"], v["max_line_search_steps"])
     if initial_radius is not None:
         check_positive("initial_radius", initial_radius)
     check_positive("max_radius", v["max_radius"])
     check_nonnegative("eta", v["eta"])
-    if float(v["eta"]) >= 0.25:
-        raise ValueError(f"eta must be in [0, 0.25); got {v['eta']!r}")
+    tr.check_bound("eta", v["eta"], 0.25, below=True, strict=True, expected="in [0, 0.25)")
     if line_search is None:
         unread = ("damping", "damping_factor", "max_damping_steps", "shrink", "c1",
                   "max_line_search_steps")  # fmt: skip
@@ -713,8 +712,8 @@ def newton_cg(
     """
     max_cg_steps = check_int("max_cg_steps", max_cg_steps, minimum=1)
     check_real("cg_tol", cg_tol)
-    if not 0.0 < float(cg_tol) <= 1.0:
-        raise ValueError(f"cg_tol must be in (0, 1]; got {cg_tol!r}")
+    check_positive("cg_tol", cg_tol)
+    tr.check_bound("cg_tol", cg_tol, 1.0, below=True, strict=False, expected="in (0, 1]")
     check_nonnegative("damping", damping)
     search = _check_search(line_search, shrink, c1, max_line_search_steps)
     values = {"cg_tol": cg_tol, "damping": damping}

@@ -51,6 +51,19 @@ NOISE = 16.0
 QUIET_GROW = 10.0
 
 
+def check_bound(name: str, value: Any, bound: float, *, below: bool, strict: bool, expected: str):
+    """Refuse ``value`` past ``bound`` (``value < bound`` wanted when ``below``, else
+    ``value > bound``; ``strict`` excludes the bound itself). A traced value (as
+    ``optax.inject_hyperparams`` passes its current values) cannot be read and passes: it was
+    checked when it was given as a number."""
+    if isinstance(value, jax.core.Tracer):
+        return
+    v = float(value)
+    bad = (v >= bound if strict else v > bound) if below else (v <= bound if strict else v < bound)
+    if bad:
+        raise ValueError(f"{name} must be {expected}; got {value!r}")
+
+
 def finite(*arrays: jax.Array) -> jax.Array:
     """Whether every element of every array is finite (one scalar bool)."""
     return jnp.all(jnp.stack([jnp.all(jnp.isfinite(a)) for a in arrays]))
