@@ -45,7 +45,13 @@ import optax
 from jax.flatten_util import ravel_pytree
 
 from jaxdescent import _curvature as curvature
-from jaxdescent._checks import check_choice, check_int, check_nonnegative, check_positive
+from jaxdescent._checks import (
+    check_choice,
+    check_int,
+    check_nonnegative,
+    check_positive,
+    check_real,
+)
 from jaxdescent.optim import linear_solve as ls
 from jaxdescent.optim import trust_region as tr
 from jaxdescent.optim._common import (
@@ -208,7 +214,8 @@ def _gn_values(line_search, damping, solver, max_cg_steps, cg_tol, shrink, c1, m
                 raise ValueError(f"{name} is read only by solver='cg' (or 'auto'); got {value!r}")
     cg_steps = check_int("max_cg_steps", 50 if max_cg_steps is None else max_cg_steps, minimum=1)
     cg_tol = 1e-6 if cg_tol is None else cg_tol
-    check_positive("cg_tol", cg_tol)
+    check_real("cg_tol", cg_tol)
+    tr.check_bound("cg_tol", cg_tol, 0.0, below=False, strict=True, expected="in (0, 1]")
     tr.check_bound("cg_tol", cg_tol, 1.0, below=True, strict=False, expected="in (0, 1]")
     if line_search is not True and max_ls is not None:
         raise ValueError(f"max_line_search_steps is read only by line_search=True; got {max_ls!r}")
@@ -443,7 +450,8 @@ def _lm_values(initial_damping, initial_radius, scaled, geodesic, solver, eta, m
                 raise ValueError(f"{name} is read only by solver='cg' (or 'auto'); got {value!r}")
     cg_steps = check_int("max_cg_steps", 50 if max_cg_steps is None else max_cg_steps, minimum=1)
     cg_tol = 1e-8 if cg_tol is None else cg_tol
-    check_positive("cg_tol", cg_tol)
+    check_real("cg_tol", cg_tol)
+    tr.check_bound("cg_tol", cg_tol, 0.0, below=False, strict=True, expected="in (0, 1]")
     tr.check_bound("cg_tol", cg_tol, 1.0, below=True, strict=False, expected="in (0, 1]")
     runtime = {"initial_damping": initial_damping, "initial_radius": initial_radius, "eta": eta}
     return runtime, {"solver": solver, "cg_tol": cg_tol, "max_cg_steps": cg_steps,

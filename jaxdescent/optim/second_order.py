@@ -712,7 +712,8 @@ def newton_cg(
     """
     max_cg_steps = check_int("max_cg_steps", max_cg_steps, minimum=1)
     check_real("cg_tol", cg_tol)
-    check_positive("cg_tol", cg_tol)
+    check_real("cg_tol", cg_tol)
+    tr.check_bound("cg_tol", cg_tol, 0.0, below=False, strict=True, expected="in (0, 1]")
     tr.check_bound("cg_tol", cg_tol, 1.0, below=True, strict=False, expected="in (0, 1]")
     check_nonnegative("damping", damping)
     search = _check_search(line_search, shrink, c1, max_line_search_steps)
