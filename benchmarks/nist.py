@@ -250,6 +250,16 @@ def case8(size: Size) -> dict:
             at_most=False,
         )
     ]
+    trf_row = by_name.get("scipy least_squares trf")
+    if trf_row is not None:
+        targets.append(
+            target(
+                "LM suite cold / scipy trf cold <= 1.5",
+                lm["first_call_s"] / trf_row["first_call_s"],
+                1.5,
+                at_most=True,
+            )
+        )
     optx_row = by_name.get("optimistix LevenbergMarquardt")
     if optx_row is not None:
         targets.append(

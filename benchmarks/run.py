@@ -37,6 +37,7 @@ _CASE_FUNCTIONS = {
     7: ("first_order", "case7"),
     8: ("nist", "case8"),
     9: ("batch", "case9"),
+    10: ("small_fits", "case10"),
 }
 
 

@@ -63,7 +63,7 @@ def _check_fresh(record: dict) -> None:
         assert all(row[key + "median_s"] > 0 and row[key + "compile_s"] == 0.0 for row in ours)
 
 
-@pytest.mark.parametrize("number", [1, 3, 4, 5, 6, 7, 8, 9])
+@pytest.mark.parametrize("number", [1, 3, 4, 5, 6, 7, 8, 9, 10])
 def test_case_runs_at_tiny_size(number):
     if number == 8 and not jd.nist.names():
         pytest.skip("the NIST data folder (shared/data/nist-strd) is not here")

@@ -123,13 +123,14 @@ def test_plain_newton_converges_to_the_saddle_saddle_free_newton_escapes():
 
 # --- robustness ------------------------------------------------------------------------------
 
+CAT = jd.problems.CATALOGUE
 SINGULAR_OR_INDEFINITE = (
-    (jd.problems.monkey_saddle, [0.0, 0.0]),  # H = 0, g = 0
+    (CAT["monkey_saddle"], [0.0, 0.0]),  # H = 0, g = 0
     (lambda x: (x[0] + x[1]) ** 2, [1.0, 2.0]),  # H singular, g != 0
     (lambda x: x[0] - 2.0 * x[1], [1.0, 1.0]),  # H = 0, g != 0
     (lambda x: jnp.sum(x**4), [0.0, 1e-3]),  # H singular near 0
-    (jd.problems.saddle, [0.5, 0.5]),  # indefinite
-    (jd.problems.himmelblau, [-0.27, -0.92]),  # negative definite
+    (CAT["saddle"], [0.5, 0.5]),  # indefinite
+    (CAT["himmelblau"], [-0.27, -0.92]),  # negative definite, near its maximum
 )
 
 
@@ -335,17 +336,202 @@ def test_no_rule_takes_a_step_that_raises_a_float32_loss(make):
         assert abs(float(res.params[0]) - np.pi) < 1.3 + 1e-6, res.params
 
 
-def test_trust_region_newton_stalled_at_its_precision_makes_no_trials():
-    """At the Rosenbrock minimum no step lowers the loss in float64: once the radius is below
-    the rounding of the params, an update solves nothing and the params stay bit for bit."""
+def test_trust_region_newton_stalled_at_its_precision_is_a_fixed_point():
+    """At the Rosenbrock minimum no step lowers the loss in float64: once the proposal is
+    below the rounding of the params, an update makes no trial, and from the returned state
+    every later update leaves params and state as they are, bit for bit."""
     with jax.enable_x64(True):
-        f = jd.problems.rosenbrock
-        start = jnp.array([-1.2, 1.0])
-        short = jd.fit(f, start, jd.optim.newton(), steps=100)
-        long = jd.fit(f, start, jd.optim.newton(), steps=300)
-        state = long.opt_state
-        x_size = np.linalg.norm(np.asarray(state.scale) * np.asarray(long.params))
-        assert int(state.trials) == 0
-        assert float(state.radius) <= np.finfo(np.float64).eps * x_size
+        f = CAT["rosenbrock"]
+        start = jnp.asarray(CAT["rosenbrock"].start)
+        opt = jd.optim.newton()
+        short = jd.fit(f, start, opt, steps=100)
+        long = jd.fit(f, start, opt, steps=300)
+        assert _status(long) == "STALLED" and int(long.steps_taken) < 100
         np.testing.assert_array_equal(long.params, short.params)
         np.testing.assert_allclose(long.params, [1.0, 1.0], rtol=1e-12)
+        params, state = long.params, long.opt_state
+        assert bool(state.stuck)
+        for _ in range(3):
+            step, new_state = opt.update(jax.grad(f)(params), state, params, value_fn=f)
+            assert float(jnp.max(jnp.abs(step))) == 0.0
+            for a, b in zip(jax.tree.leaves(new_state), jax.tree.leaves(state)):
+                if a.shape == () and a.dtype == jnp.int32:
+                    continue  # the update count
+                np.testing.assert_array_equal(a, b)
+            state = new_state
+
+
+# --- the trust region: one proposal per update, exact within its radius ---------------------
+
+
+def _intercept_only_logistic():
+    y = jnp.asarray(np.tile([1.0, 0.0, 1.0, 1.0, 0.0, 1.0, 1.0, 1.0, 0.0, 1.0], 10))
+    x = jnp.zeros((y.shape[0], 1))
+    loss = jd.losses.nll(lambda w, x: w[0] + 0.0 * x[:, 0], jd.likelihoods.Bernoulli())
+    return loss, (x, y), np.log(0.7 / 0.3)
+
+
+@pytest.mark.parametrize(
+    "case",
+    ["log_cosh", "sqrt_1_plus_x2", "sum_cos_scaled", "intercept_only_logistic"],
+)
+def test_trust_region_newton_moves_after_a_rejected_first_step(case):
+    """One-parameter and separable problems whose first Newton step overshoots: the next
+    proposal solves the subproblem within the shrunk radius (g lies in the top eigenspace
+    there, which is not the hard case) and the run converges."""
+    data, opt = None, jd.optim.newton()
+    if case == "log_cosh":
+        loss, start, answer = lambda x: jnp.sum(jnp.log(jnp.cosh(x))), [3.0], [0.0]
+    elif case == "sqrt_1_plus_x2":
+        loss, start, answer = lambda x: jnp.sum(jnp.sqrt(1.0 + x**2)), [2.0], [0.0]
+    elif case == "sum_cos_scaled":  # equal coordinates: H = -cos(1) I, one eigenspace
+        loss, start, answer = lambda x: jnp.sum(jnp.cos(x)), [1.0, 1.0], [np.pi, np.pi]
+        opt = jd.optim.newton(scaled=True)
+    else:
+        loss, data, answer = _intercept_only_logistic()
+        start, answer = [5.0], [answer]
+    res = jd.fit(loss, jnp.array(start), opt, data=data, steps=40, tol=1e-5)
+    assert _status(res) == "CONVERGED", (case, res.params, int(res.steps_taken))
+    np.testing.assert_allclose(res.params, answer, atol=1e-4)
+    seen = np.asarray(res.losses)[: int(res.steps_taken) + 1]
+    assert np.all(np.diff(seen) <= 0), seen
+
+
+def test_a_rejected_proposal_is_an_update_that_shrinks_the_radius_to_a_quarter():
+    """log(cosh(x)) from 3 with a first radius of 10 (Moré's scaled units): each step to the
+    boundary that overshoots is an update of its own, zero, after which the radius is a
+    quarter of that step; the first proposal within the region that lowers the loss is
+    taken."""
+    f = lambda x: jnp.sum(jnp.log(jnp.cosh(x)))  # noqa: E731
+    x = jnp.array([3.0])
+    opt = jd.optim.newton(initial_radius=10.0)
+    state, radius, rejected = opt.init(x), 10.0, 0
+    for _ in range(10):
+        step, state = opt.update(jax.grad(f)(x), state, x, value_fn=f)
+        size = float(jnp.abs(step[0]) * state.scale[0])
+        if bool(state.accepted):
+            break
+        rejected += 1
+        assert float(jnp.max(jnp.abs(step))) == 0.0
+        assert float(state.radius) == pytest.approx(0.25 * radius, rel=1e-5)
+        radius = float(state.radius)
+    assert rejected >= 2 and bool(state.accepted)
+    assert 0.0 < size <= radius * (1 + 1e-5) and float(f(x + step)) < float(f(x))
+
+
+def _secular_reference(lam, gt, radius):
+    """The smallest mu >= max(0, -lam_min) with ||z(mu)|| <= radius, by bisection."""
+    norm = lambda mu: np.sqrt(np.sum(gt**2 / (lam + mu) ** 2))  # noqa: E731
+    if lam[0] > 0 and norm(0.0) <= radius:
+        return 0.0
+    low = max(0.0, -lam[0]) + 1e-12
+    high = low + np.linalg.norm(gt) / radius + np.max(np.abs(lam))
+    for _ in range(200):
+        mid = 0.5 * (low + high)
+        low, high = (mid, high) if norm(mid) > radius else (low, mid)
+    return high
+
+
+@pytest.mark.parametrize("where", ["top", "bottom", "spread"])
+@pytest.mark.parametrize("curvature", ["definite", "indefinite"])
+def test_the_subproblem_step_is_the_exact_solution_within_the_radius(x64, where, curvature):
+    from jaxdescent.optim.trust_region import more_sorensen
+
+    rng = np.random.default_rng(0)
+    q, _ = np.linalg.qr(rng.normal(size=(4, 4)))
+    lam = (
+        np.array([0.5, 1.0, 2.0, 4.0])
+        if curvature == "definite"
+        else np.array([-1.0, 0.5, 2.0, 4.0])
+    )
+    gt = {
+        "top": [0.0, 0.0, 0.0, 3.0],
+        "bottom": [3.0, 0.0, 0.0, 0.0],
+        "spread": [1.0, -2.0, 0.5, 3.0],
+    }
+    gt = np.asarray(gt[where])
+    for radius in (0.05, 0.3, 2.0):
+        z, mu, predicted = more_sorensen(
+            jnp.asarray(lam), jnp.asarray(q), jnp.asarray(q @ gt), radius
+        )
+        z, mu = np.asarray(z), float(mu)
+        assert np.linalg.norm(z) <= radius * (1 + 1e-9), (radius, np.linalg.norm(z))
+        ref_mu = _secular_reference(lam, gt, radius)
+        h = q @ np.diag(lam) @ q.T
+        model = lambda v: q @ gt @ v + 0.5 * v @ h @ v  # noqa: E731
+        assert float(predicted) == pytest.approx(-model(z), rel=1e-9, abs=1e-12)
+        ref = -np.linalg.solve(h + ref_mu * np.eye(4), q @ gt)
+        # the model's minimum over the ball: no better than the step found
+        assert model(z) <= model(ref) + 1e-9
+        if lam[0] > 0 or abs(gt[0]) > 0:  # not the hard case: the step is the unique solution
+            np.testing.assert_allclose(z, ref, rtol=1e-6, atol=1e-9)
+            assert mu == pytest.approx(ref_mu, rel=1e-6, abs=1e-9)
+
+
+def test_newton_reads_only_the_arguments_of_its_form():
+    with pytest.raises(ValueError, match="damping is not read by the trust-region form"):
+        jd.optim.newton(damping=0.1)
+    with pytest.raises(ValueError, match="eta is not read by line_search=True"):
+        jd.optim.newton(line_search=True, eta=1e-3)
+    with pytest.raises(ValueError, match="shrink is not read by line_search=False"):
+        jd.optim.newton(0.0, line_search=False, shrink=0.3)
+    # a sweep of a value the form does not read is refused, not silently ignored
+    f = CAT["rosenbrock"]
+    init = lambda key: jnp.asarray(CAT["rosenbrock"].start) + 0.1 * jax.random.normal(key, (2,))  # noqa: E731
+    for opt, name in ((jd.optim.newton(), "damping"), (jd.optim.newton(line_search=True), "eta"),
+                      (jd.optim.saddle_free_newton(line_search=False), "shrink")):  # fmt: skip
+        with pytest.raises(ValueError, match="not a runtime hyperparameter"):
+            jd.multistart(init, f, opt, key=jax.random.key(0), restarts=2, steps=3,
+                          hyperparams={name: jnp.array([0.1, 0.2])})  # fmt: skip
+    # and one it reads is honoured: restarts with different radii take different paths
+    many = jd.multistart(lambda key: jnp.asarray(CAT["rosenbrock"].start), f, jd.optim.newton(),
+                         key=jax.random.key(0), restarts=2, steps=3,
+                         hyperparams={"initial_radius": jnp.array([0.01, 1.0])})  # fmt: skip
+    assert not np.allclose(many.params[0], many.params[1])
+
+
+@pytest.mark.parametrize(
+    "name", [n for n, e in CAT.items() if any(k == "minimum" for _, k in e.critical_points)]
+)
+def test_trust_region_newton_on_the_catalogue(x64, name):
+    """From each catalogue start with a minimum: never a rising loss, and the run ends at a
+    minimum (one the catalogue lists, where the start lies in its domain's basins)."""
+    entry = CAT[name]
+    res = jd.fit(entry.fn, jnp.asarray(entry.start), jd.optim.newton(), steps=100, tol=1e-8)
+    assert _status(res) == "CONVERGED", (name, int(res.steps_taken))
+    seen = np.asarray(res.losses)[: int(res.steps_taken) + 1]
+    assert np.all(np.diff(seen) <= 0), seen
+    assert jd.diagnostics.classify_critical_point(entry.fn, res.params, tol=1e-6) == "minimum"
+    (xmin, xmax), (ymin, ymax) = entry.domain
+    x, y = np.asarray(res.params)
+    if xmin <= x <= xmax and ymin <= y <= ymax and name != "rastrigin":
+        listed = [np.asarray(p) for p, kind in entry.critical_points if kind == "minimum"]
+        assert min(np.linalg.norm(np.asarray(res.params) - p) for p in listed) < 1e-6
+
+
+def test_newton_uses_the_fisher_information_where_it_is_the_hessian(x64):
+    """For a GLM with canonical link (an affine model, read from its jaxpr) the Hessian is
+    J^T F J / n; newton forms it so, and it equals jax.hessian of the loss."""
+    from jaxdescent import _curvature as curvature
+    from jaxdescent.optim.second_order import _hessian
+
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.normal(size=(40, 3)))
+    params = {"w": jnp.asarray(rng.normal(size=3)), "b": jnp.asarray(0.2)}
+    flat, unravel = jax.flatten_util.ravel_pytree(params)
+    linear = lambda p, x: x @ p["w"] + p["b"]  # noqa: E731
+    assert curvature.is_affine(lambda v: linear(unravel(v), x), flat)
+    assert not curvature.is_affine(lambda v: jnp.exp(linear(unravel(v), x)), flat)
+    assert not curvature.is_affine(lambda v: jax.nn.relu(linear(unravel(v), x)), flat)
+    assert not curvature.is_affine(lambda v: unravel(v)["w"] * unravel(v)["w"][0], flat)
+    assert curvature.is_affine(lambda v: jnp.concatenate([2.0 * v[:2], v[2:] @ x[:2, :2]]), flat)
+    for likelihood, y in ((jd.likelihoods.Bernoulli(), (rng.random(40) < 0.5) * 1.0),
+                          (jd.likelihoods.Poisson(), rng.poisson(2.0, 40) * 1.0)):  # fmt: skip
+        loss = jd.losses.nll(linear, likelihood)
+        batch = (x, jnp.asarray(y))
+        f = lambda v: loss(unravel(v), batch)  # noqa: E731
+        h = _hessian(f, flat, loss.rule_extras(batch), unravel)
+        np.testing.assert_allclose(h, jax.hessian(f)(flat), rtol=1e-12, atol=1e-14)
+        assert curvature.canonical_link(likelihood)
+    assert not curvature.canonical_link(jd.likelihoods.Laplace())
+    assert not curvature.canonical_link(jd.likelihoods.Gaussian(learn_scale=True))

@@ -20,6 +20,13 @@ is small near a good fit. For a GLM with its canonical link (Bernoulli-logit, Po
 Newton step: Fisher scoring, also known as iteratively reweighted least squares. ``G`` is
 positive semi-definite by construction, so its steps always descend.
 
+Both rules make **one proposal and one factorisation per update** and no inner loop (in
+their default forms): the step is judged by its gain ratio, and a rejected proposal is an
+update of its own, zero, after which Gauss-Newton halves its step and Levenberg-Marquardt
+raises its damping (:mod:`jaxdescent.optim.trust_region`). Under ``jax.vmap`` of many small
+fits every lane then does the same work per update, as in Gpufit and optimistix. The linear
+solve is column-scaled and chosen by shape (:mod:`jaxdescent.optim.linear_solve`).
+
 Both rules need the extra arguments ``model_fn``, ``likelihood`` and ``targets`` (and
 ``value_fn``), which :func:`jaxdescent.fit` passes for an ``nll`` loss; in a hand-written loop
 pass ``opt.update(g, state, params, value_fn=lambda p: loss(p, batch),
@@ -28,15 +35,36 @@ pass ``opt.update(g, state, params, value_fn=lambda p: loss(p, batch),
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple
+from collections.abc import Callable
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from jax.flatten_util import ravel_pytree
 
-from jaxdescent._checks import check_choice, check_int, check_nonnegative, check_positive
-from jaxdescent.optim._common import curvature_rule, increment, no_step_taken, no_trial_made
+from jaxdescent import _curvature as curvature
+from jaxdescent._checks import (
+    check_choice,
+    check_int,
+    check_nonnegative,
+    check_positive,
+    check_real,
+)
+from jaxdescent.optim import linear_solve as ls
+from jaxdescent.optim import trust_region as tr
+from jaxdescent.optim._common import (
+    check_flag,
+    curvature_rule,
+    full_like,
+    increment,
+    initial_hyperparams,
+    no_step_taken,
+    shape_only,
+    zero_count,
+)
+from jaxdescent.optim.cg import conjugate_gradient
 from jaxdescent.optim.line_search import armijo_step, check_line_search, missing_value_fn
 
 __all__ = [
@@ -46,17 +74,21 @@ __all__ = [
     "levenberg_marquardt",
 ]
 
-# up to this many parameters "auto" forms G densely; beyond, CG on GGN-vector products
-DENSE_MAX_PARAMS = 1000
-_SOLVERS = ("auto", "dense", "cg")
-
 
 class GaussNewtonState(NamedTuple):
-    """State of :func:`gauss_newton`: updates made, the step size of the last one, the CG
-    iterations it used (0 when dense) and the runtime hyperparameters."""
+    """State of :func:`gauss_newton`.
+
+    ``step_size``: the fraction ``t`` of the Gauss-Newton step the next update proposes
+    (default form), or the one the last update took (line search); ``accepted``: whether
+    the last update moved; ``stuck``: it made no trial (the proposal was below the params'
+    rounding; the run can no longer move); ``cg_steps``: CG iterations of the last update
+    (0 when dense).
+    """
 
     count: jax.Array
     step_size: jax.Array
+    accepted: jax.Array
+    stuck: jax.Array
     cg_steps: jax.Array
     hyperparams: dict[str, jax.Array]
 
@@ -64,21 +96,26 @@ class GaussNewtonState(NamedTuple):
 class LevenbergMarquardtState(NamedTuple):
     """State of :func:`levenberg_marquardt`.
 
-    ``damping`` is the current ``mu``; ``scale`` the diagonal scaling ``D`` (Moré's running
-    maximum of ``diag(G)``; ones when unscaled); ``rho`` the gain ratio of the last trial;
-    ``radius`` the bound on the scaled step length; ``trials`` how many damped systems the
-    last update solved; ``accepted`` whether it moved.
+    ``damping``: the ``mu`` the next update solves with; ``radius``: the trust radius ``Delta`` on
+    ``||D d||`` it uses (infinite: none); ``scale``: Moré's diagonal scaling ``D`` (the running
+    maximum of the Jacobian's weighted column norms; ones when unscaled or matrix free); ``rho``:
+    the last proposal's gain ratio; ``accepted``: whether the last update moved; ``stuck``: it left
+    params and state as they were (no trial: the proposal could not change the params), so
+    every later update does the same; ``cg_steps``: CG iterations of the last update.
     """
 
     count: jax.Array
     damping: jax.Array
-    scale: jax.Array
     radius: jax.Array
+    scale: jax.Array
     rho: jax.Array
-    trials: jax.Array
     accepted: jax.Array
+    stuck: jax.Array
     cg_steps: jax.Array
     hyperparams: dict[str, jax.Array]
+
+
+# --- the shared pieces -----------------------------------------------------------------------
 
 
 def _extras(rule: str, value_fn, model_fn, likelihood, targets) -> None:
@@ -92,213 +129,201 @@ def _extras(rule: str, value_fn, model_fn, likelihood, targets) -> None:
         )
 
 
-class _Curvature(NamedTuple):
-    x: jax.Array  # flat params
-    g: jax.Array  # flat gradient
-    unravel: Any
-    matvec: Any  # v -> G v
-    dense: jax.Array | None  # G itself when formed
-    # with a diagonal Fisher: G = A^T A and g = A^T b for the weighted Jacobian
-    # A = sqrt(F/n) J and b = (dL/df) / sqrt(F/n), so steps come from an SVD of A (no squaring
-    # of the condition number, as forming G would)
-    wjac: jax.Array | None = None
-    wres: jax.Array | None = None
+class _Flat(NamedTuple):
+    x: jax.Array  # the params, flat, in the working dtype (at least float32)
+    g: jax.Array  # the gradient, likewise
+    to_tree: Callable  # a flat update -> the params' tree and dtypes
+    out_fn: Callable  # flat params -> the model's outputs on the batch
 
 
-def _curvature(params, grads, model_fn, likelihood, targets, dense: bool) -> _Curvature:
-    """The GGN ``G = J^T F J / n`` at ``params``: dense, or as a matrix-free product."""
-    x, unravel = ravel_pytree(params)
-    g = ravel_pytree(grads)[0].astype(x.dtype)
+def _flat(params, grads, model_fn) -> _Flat:
+    flat, unravel = ravel_pytree(params)
+    work = curvature.work_dtype(flat.dtype)
 
-    def out_fn(v):
-        return model_fn(unravel(v))
+    def to_tree(v):
+        return unravel(v.astype(flat.dtype))
 
-    out = out_fn(x)
-    n = out.shape[0] if out.ndim else 1
-    if dense:
-        flat = lambda v: out_fn(v).reshape(-1)  # noqa: E731
-        jac = jax.jacfwd(flat)(x) if x.size <= out.size else jax.jacrev(flat)(x)  # (m, p)
-        if getattr(likelihood, "diagonal_fisher", False):
-            w = likelihood.fisher_vp(out, jnp.ones_like(out), targets).reshape(-1) / n
-            sqrt_w = jnp.sqrt(jnp.maximum(w, 0.0)).astype(x.dtype)
-            dl = jax.grad(lambda o: _mean_nll(likelihood, o, targets))(out).reshape(-1)
-            safe = sqrt_w > jnp.finfo(x.dtype).tiny ** 0.5
-            wres = jnp.where(safe, dl / jnp.where(safe, sqrt_w, 1.0), 0.0).astype(x.dtype)
-            wjac = sqrt_w[:, None] * jac.astype(x.dtype)
-            gmat = wjac.T @ wjac
-            return _Curvature(x, g, unravel, lambda v: gmat @ v, gmat, wjac, wres)
-        columns = jac.T.reshape((x.size, *out.shape))
-        fj = jax.vmap(lambda c: likelihood.fisher_vp(out, c, targets))(columns)
-        gmat = (fj.reshape(x.size, -1) @ jac).astype(x.dtype) / n
-        gmat = 0.5 * (gmat + gmat.T)
-        return _Curvature(x, g, unravel, lambda v: gmat @ v, gmat)
-    _, jvp = jax.linearize(out_fn, x)
-    vjp = jax.linear_transpose(jvp, x)
-
-    def matvec(v):
-        (back,) = vjp(likelihood.fisher_vp(out, jvp(v), targets))
-        return back.astype(x.dtype) / n
-
-    return _Curvature(x, g, unravel, matvec, None)
+    return _Flat(
+        flat.astype(work),
+        ravel_pytree(grads)[0].astype(work),
+        to_tree,
+        lambda v: model_fn(to_tree(v)),
+    )
 
 
-def _mean_nll(likelihood, output, targets):
-    """The loss of :class:`jaxdescent.losses.NLL` as a function of the model outputs."""
-    log_p = likelihood.log_prob(output, targets)
-    return -jnp.sum(log_p) / (log_p.shape[0] if log_p.ndim else 1)
+def _num_params(params) -> int:
+    return int(sum(np.size(leaf) for leaf in jax.tree.leaves(params)))
 
 
-def _change(likelihood, targets, out_fn, x):
-    """``v -> L(v) - L(x)`` summed example by example, so that constants in the NLL (the
-    Gaussian's ``log(2 pi)/2``, say) cancel exactly: a decrease of 1e-10 in a loss of 0.92 is
-    then still measured to full precision, as least-squares codes do with ``||r||^2``."""
-    log_p0 = likelihood.log_prob_kernel(out_fn(x), targets)
-    n = log_p0.shape[0] if log_p0.ndim else 1
-
-    def change(v):
-        return -jnp.sum(likelihood.log_prob_kernel(out_fn(v), targets) - log_p0) / n
-
-    return change
+def _init_dtype(params) -> jnp.dtype:
+    leaves = jax.tree.leaves(params)
+    return curvature.work_dtype(jnp.result_type(*leaves))
 
 
-class _Svd(NamedTuple):
-    """``A D^{-1/2} = U diag(s) V^T`` and ``U^T b``: each damped solve is then O(p^2)."""
+def _const(shape: tuple[int, ...], value, dtype) -> jax.Array:
+    """A constant state leaf, made on the host (:func:`jaxdescent.optim._common.full_like`)."""
+    return full_like(np.zeros(shape, dtype), value)
 
+
+class _Proposal(NamedTuple):
+    """A solved system: the step ``d``, its scaled length, the scale ``s`` (``z = s d``),
+    ``dGd = d.G d``, CG iterations and the model's outputs."""
+
+    d: jax.Array
+    z_norm: jax.Array
     s: jax.Array
-    v: jax.Array
-    ub: jax.Array
-    inv_sqrt_scale: jax.Array
+    dgd: jax.Array
+    cg_steps: jax.Array
+    out: jax.Array  # the model's outputs at the params
+    pullback: Callable  # u -> J^T u at the params
 
 
-def _svd(c: _Curvature, scale) -> _Svd:
-    inv = 1.0 / jnp.sqrt(scale)
-    u, s, vt = jnp.linalg.svd(c.wjac * inv[None, :], full_matrices=False)
-    return _Svd(s, vt.T, u.T @ c.wres, inv)
+def _trial(fl: _Flat, extras, change: tr.Change, pullback, trial, g):
+    """``(actual decrease, gradient test)`` at ``trial``, from one evaluation of the model
+    there. The test (run only for a decrease promised within rounding) takes the gradient
+    there as ``J^T dL/df`` with ``J`` the Jacobian at the params, already at hand: in that
+    regime the step is within rounding of the params' own scale, so ``J`` has not moved."""
+    likelihood, targets = extras["likelihood"], extras["targets"]
+    out = fl.out_fn(trial)
+    actual = -change.of_outputs(out)
+
+    def gradient_shrinks():
+        dl = jax.grad(lambda o: curvature.mean_nll(likelihood, o, targets))(out)
+        g_new = pullback(dl)
+        return tr.finite(g_new) & (jnp.vdot(g_new, g_new) < jnp.vdot(g, g))
+
+    return actual, gradient_shrinks
 
 
-def _svd_step(f: _Svd, mu) -> jax.Array:
-    """``d = -(A^T A + mu D)^{-1} A^T b``; with ``mu = 0`` the minimum-norm least-squares step
-    (singular values below ``eps * max(m, p) * s_max`` are dropped)."""
-    cutoff = jnp.finfo(f.s.dtype).eps * max(f.v.shape[0], f.ub.shape[0]) * jnp.max(f.s)
-    keep = f.s > cutoff
-    gain = jnp.where(keep, f.s / jnp.where(keep, f.s**2 + mu, 1.0), 0.0)
-    return -f.inv_sqrt_scale * (f.v @ (gain * f.ub))
+def _cg_tol(hp, cg_default) -> jax.Array:
+    return hp["cg_tol"] if "cg_tol" in hp else cg_default
 
 
-def _radius_damping(f: _Svd, radius, mu_start, iterations: int = 40):
-    """The smallest ``mu >= 0`` with ``||z(mu)|| <= radius``, ``z = D^{1/2} d`` (Moré 1978).
-
-    Newton's method on the secular equation ``1/radius - 1/||z(mu)|| = 0``, which is concave
-    and increasing in ``mu``, so iterates from below never overshoot the root.
-    """
-    cutoff = jnp.finfo(f.s.dtype).eps * max(f.v.shape[0], f.ub.shape[0]) * jnp.max(f.s)
-    keep = f.s > cutoff
-    s2 = jnp.where(keep, f.s**2, 1.0)
-    num = jnp.where(keep, f.s**2 * f.ub**2, 0.0)  # ||z||^2 = sum num / (s^2 + mu)^2
-
-    def norm2(mu):
-        return jnp.sum(num / (s2 + mu) ** 2)
-
-    def body(_, mu):
-        z2 = norm2(mu)
-        q = jnp.sum(num / (s2 + mu) ** 3)
-        znorm = jnp.sqrt(z2)
-        step = (1.0 / radius - 1.0 / znorm) * znorm**3 / jnp.where(q > 0, q, 1.0)
-        return jnp.where((znorm > radius) & (q > 0), mu + step, mu)
-
-    mu0 = jnp.where(norm2(mu_start) > radius**2, mu_start, 0.0)
-    mu0 = jnp.where(norm2(0.0) <= radius**2, 0.0, mu0)
-    return jax.lax.fori_loop(0, iterations, body, mu0)
+# --- Gauss-Newton ----------------------------------------------------------------------------
 
 
-def _cg(matvec, b, *, max_steps: int, tol) -> tuple[jax.Array, jax.Array]:
-    """Conjugate gradients on ``A d = b`` for a positive semi-definite ``A`` (flat vectors).
-
-    Stops at relative residual ``tol``, after ``max_steps``, or on a direction of zero
-    curvature (``A`` singular there). Returns ``(d, iterations)``.
-    """
-    dtype = b.dtype
-    bb = jnp.vdot(b, b)
-
-    def cond(state):
-        i, *_, done = state
-        return ~done & (i < max_steps)
-
-    def body(state):
-        i, d, r, p, rr, _ = state
-        ap = matvec(p)
-        curv = jnp.vdot(p, ap)
-        flat = ~(curv > 0)
-        alpha = jnp.where(flat, 0.0, rr / jnp.where(flat, 1.0, curv)).astype(dtype)
-        d = d + alpha * p
-        r = r - alpha * ap
-        rr_new = jnp.vdot(r, r)
-        p = r + (rr_new / jnp.where(rr > 0, rr, 1.0)).astype(dtype) * p
-        done = flat | (rr_new <= tol**2 * bb)
-        return i + 1, d, r, p, rr_new, done
-
-    zero = jnp.zeros_like(b)
-    start = (jnp.zeros([], jnp.int32), zero, b, b, bb, bb == 0)
-    i, d, *_ = jax.lax.while_loop(cond, body, start)
-    return d, i
+def _gn_values(line_search, damping, solver, max_cg_steps, cg_tol, shrink, c1, max_ls):
+    """Check :func:`gauss_newton`'s arguments; returns ``(runtime, static)``."""
+    if line_search is not None and not isinstance(line_search, bool):
+        raise TypeError(f"line_search must be None, True or False; got {line_search!r}")
+    check_nonnegative("damping", damping)
+    solver = check_choice("solver", solver, ls.SOLVERS)
+    if solver in ("dense", "svd"):
+        for name, value in (("max_cg_steps", max_cg_steps), ("cg_tol", cg_tol)):
+            if value is not None:
+                raise ValueError(f"{name} is read only by solver='cg' (or 'auto'); got {value!r}")
+    cg_steps = check_int("max_cg_steps", 50 if max_cg_steps is None else max_cg_steps, minimum=1)
+    cg_tol = 1e-6 if cg_tol is None else cg_tol
+    check_real("cg_tol", cg_tol)
+    tr.check_bound("cg_tol", cg_tol, 0.0, below=False, strict=True, expected="in (0, 1]")
+    tr.check_bound("cg_tol", cg_tol, 1.0, below=True, strict=False, expected="in (0, 1]")
+    if line_search is not True and max_ls is not None:
+        raise ValueError(f"max_line_search_steps is read only by line_search=True; got {max_ls!r}")
+    if line_search is False and (shrink is not None or c1 is not None):
+        raise ValueError("shrink and c1 are not read by line_search=False (full steps)")
+    shrink = 0.5 if shrink is None else shrink
+    c1 = 1e-4 if c1 is None else c1
+    max_ls = check_line_search(1.0, shrink, c1, 50 if max_ls is None else max_ls)
+    runtime = {"damping": damping}
+    if line_search is not False:
+        runtime.update(shrink=shrink, c1=c1)
+    return runtime, {"solver": solver, "cg_tol": cg_tol, "max_cg_steps": cg_steps,
+                     "max_ls": max_ls}  # fmt: skip
 
 
-def _finite(a: jax.Array) -> jax.Array:
-    return jnp.all(jnp.isfinite(a))
-
-
-def _pick_dense(solver: str, params: Any) -> bool:
-    if solver == "auto":
-        return sum(jnp.size(p) for p in jax.tree.leaves(params)) <= DENSE_MAX_PARAMS
-    return solver == "dense"
-
-
-def _solve(c: _Curvature, mu, scale, *, max_cg_steps: int, cg_tol, svd=None):
-    """``d = -(G + mu diag(scale))^{-1} g``: by SVD, Cholesky or CG. Returns (d, CG iters)."""
-    none = jnp.zeros([], jnp.int32)
-    if svd is not None:
-        return _svd_step(svd, mu), none
-    if c.dense is not None:
-        chol = jnp.linalg.cholesky(c.dense + jnp.diag(mu * scale))
-        return -jax.scipy.linalg.cho_solve((chol, True), c.g), none
-    return _cg(lambda v: c.matvec(v) + mu * scale * v, -c.g, max_steps=max_cg_steps, tol=cg_tol)
+def _gn_direction(fl: _Flat, extras, hp, kind: str, static) -> _Proposal:
+    """The Gauss-Newton step ``d`` with ``(G + lambda diag(G)) d = -g`` (dense, SVD), or
+    ``(G + lambda r I) d = -g`` with ``r = g.G g / g.g`` (CG)."""
+    likelihood, targets = extras["likelihood"], extras["targets"]
+    x, g = fl.x, fl.g
+    dtype = x.dtype
+    lam = hp["damping"].astype(dtype)
+    if kind == "cg":
+        out, matvec, pullback = curvature.ggn_matvec(fl.out_fn, likelihood, targets, x)
+        gg = jnp.vdot(g, g)
+        rayleigh = jnp.vdot(g, matvec(g)) / jnp.where(gg > 0, gg, 1.0)
+        tol = _cg_tol(hp, static["cg_tol"]).astype(dtype) * jnp.sqrt(gg)
+        sol = conjugate_gradient(
+            lambda v: matvec(v) + lam * rayleigh * v, -g, max_steps=static["max_cg_steps"],
+            tol=tol,
+        )  # fmt: skip
+        gradient_step = -g / jnp.where(rayleigh > 0, rayleigh, 1.0)
+        d, _ = ls.descent_or_gradient(sol.x, -gradient_step)
+        return _Proposal(d, jnp.linalg.norm(d), jnp.ones_like(x), jnp.vdot(d, matvec(d)),
+                         sol.iterations, out, pullback)  # fmt: skip
+    system = curvature.ggn(fl.out_fn, likelihood, targets, x, weighted=kind == "svd")
+    s = ls.column_scale(system.gram)
+    gram_s, g_s = ls.scaled(system.gram, g, s)
+    wjac_s = None if system.wjac is None else system.wjac / s[None, :]
+    damping = lam * jnp.diagonal(gram_s)
+    z = ls.solve_scaled(kind, gram_s, g_s, damping, wjac_s, system.wres).z
+    z, _ = ls.descent_or_gradient(z, g_s)
+    zero = jnp.zeros([], jnp.int32)
+    return _Proposal(z / s, jnp.linalg.norm(z), s, jnp.vdot(z, gram_s @ z), zero, system.out,
+                     system.pullback)  # fmt: skip
 
 
 def gauss_newton(
-    line_search: bool = True,
+    line_search: bool | None = None,
     *,
     damping: float = 0.0,
     solver: str = "auto",
-    max_cg_steps: int = 50,
-    cg_tol: float = 1e-6,
-    shrink: float = 0.5,
-    c1: float = 1e-4,
-    max_line_search_steps: int = 50,
+    max_cg_steps: int | None = None,
+    cg_tol: float | None = None,
+    shrink: float | None = None,
+    c1: float | None = None,
+    max_line_search_steps: int | None = None,
 ) -> optax.GradientTransformationExtraArgs:
     r"""Generalised Gauss-Newton from the likelihood: Fisher scoring, IRLS, Gauss-Newton.
 
     .. math::
-       (G + \lambda I)\, d = -g, \quad G = \frac1n J^\top F J, \qquad
-       \theta_{t+1} = \theta_t + \alpha\, d
+       (G + \lambda\, \mathrm{diag}\, G)\, d = -g, \quad G = \frac1n J^\top F J, \qquad
+       \theta_{t+1} = \theta_t + t\, d
 
     with ``J`` the Jacobian of the model's outputs on the batch, ``F`` the likelihood's Fisher
     information in output space (:meth:`jaxdescent.likelihoods.Likelihood.fisher_vp`: Gaussian
-    ``1/sigma^2``, Bernoulli ``p(1-p)``, Categorical ``diag(p) - p p^T``, Poisson the rate),
-    ``lambda`` = ``damping`` and ``alpha`` from Armijo backtracking (the full step first).
-    For the Gaussian likelihood this is Gauss-Newton for nonlinear least squares; for a GLM
-    with canonical link it equals Newton's method (Fisher scoring = IRLS). ``G`` is formed
-    and factorised (Cholesky) for up to ``DENSE_MAX_PARAMS`` parameters (``solver="auto"``),
-    else the system is solved by conjugate gradients on GGN-vector products (one ``jvp`` and
-    one ``vjp`` each), never forming ``G``. A singular ``G`` (too few data, a redundant
-    parameter) falls back to a searched gradient step, so the update is never NaN.
+    ``1/sigma^2``, Bernoulli ``p(1-p)``, Categorical ``diag(p) - p p^T``, Poisson the rate)
+    and ``lambda`` = ``damping`` (Marquardt's relative form: invariant to the parameters'
+    units). For the Gaussian likelihood this is Gauss-Newton for nonlinear least squares; for
+    a GLM with canonical link it equals Newton's method (Fisher scoring = IRLS).
+
+    Each update makes **one proposal**: the step ``t d``, taken when the loss falls by at
+    least ``c1`` times the decrease the quadratic model promises (``rho > c1``). After a
+    taken step ``t`` grows back towards 1 (``t / shrink``); after a rejected one the update
+    is zero and the next proposes ``shrink t`` (a backtracking search spread over updates:
+    no inner loop, one factorisation per update, the same work in every lane under
+    ``vmap``). A GLM or a linear least-squares problem takes the full step every time. Where the
+    promised decrease is within the loss's rounding (float32 near the minimum), the ratio is not
+    read: a step that keeps the loss within its rounding and shrinks the gradient is taken (and a
+    shortened step is lengthened again when the full one promises a measurable decrease). Once ``t
+    d`` cannot change the params no trial is made, and :func:`jaxdescent.fit` ends a full-batch run
+    ``STALLED``. ``line_search=True`` instead backtracks (Armijo) within each update until a step
+    is found (for mini-batches, where the next update sees other data); ``line_search=False`` takes
+    ``d`` in full, unguarded.
+
+    The system is solved in column-scaled coordinates (``solver``, see
+    :mod:`jaxdescent.optim.linear_solve`): ``"dense"``, one Cholesky factorisation of the
+    scaled ``G`` with a tiny shift; ``"svd"``, the safe path (minimum-norm steps, no squared
+    condition number); ``"cg"``, conjugate gradients on GGN-vector products, never forming
+    ``G``; ``"auto"``, dense up to :func:`~jaxdescent.optim.linear_solve.dense_limit`
+    parameters (by a cost model with per-backend constants), else CG. A direction that
+    cannot be computed (a failed factorisation) becomes the scaled gradient step, so the
+    update is never non-finite from finite inputs.
 
     Args:
-      line_search: backtrack (Armijo) from the full step; ``False`` takes ``alpha = 1``.
-      damping: Tikhonov term ``lambda >= 0`` (a runtime hyperparameter, in the state).
-      solver: ``"auto"``, ``"dense"`` (Cholesky of ``G``) or ``"cg"`` (matrix-free).
-      max_cg_steps, cg_tol: CG's iteration limit and relative residual tolerance.
-      shrink, c1, max_line_search_steps: the line search's step factor, sufficient-decrease
-        constant and most trial steps.
+      line_search: ``None`` (default): one proposal per update, as above; ``True``: Armijo
+        backtracking within each update; ``False``: full steps.
+      damping: ``lambda >= 0``, relative to ``diag(G)`` (to the Rayleigh quotient
+        ``g.G g / g.g`` for CG); a runtime hyperparameter, in the state.
+      solver: ``"auto"``, ``"dense"``, ``"svd"`` or ``"cg"``.
+      max_cg_steps, cg_tol: CG's iteration limit (default 50) and relative residual
+        tolerance (default 1e-6, runtime); CG solvers only.
+      shrink: the step's factor after a rejected proposal, in ``(0, 1)`` (default 0.5,
+        runtime; not with ``line_search=False``).
+      c1: the smallest gain ratio (sufficient decrease) accepted, in ``(0, 1)`` (default
+        1e-4, runtime; not with ``line_search=False``).
+      max_line_search_steps: most trial steps per update (``line_search=True`` only;
+        default 50).
 
     Returns:
       An optax transformation with state :class:`GaussNewtonState`. ``update`` needs
@@ -320,61 +345,236 @@ def gauss_newton(
       descent*, Neural Computation 14(7), 2002 (the generalised Gauss-Newton matrix).
       Nocedal and Wright, *Numerical Optimization*, 2nd ed., 2006, section 10.3.
     """
-    if not isinstance(line_search, bool):
-        raise TypeError(f"line_search must be True or False; got {line_search!r}")
-    check_nonnegative("damping", damping)
-    solver = check_choice("solver", solver, _SOLVERS)
-    max_cg_steps = check_int("max_cg_steps", max_cg_steps, minimum=1)
-    check_positive("cg_tol", cg_tol)
-    max_ls = check_line_search(1.0, shrink, c1, max_line_search_steps)
-    values = {"damping": damping, "cg_tol": cg_tol, "shrink": shrink, "c1": c1}
+    runtime, static = _gn_values(line_search, damping, solver, max_cg_steps, cg_tol, shrink,
+                                 c1, max_line_search_steps)  # fmt: skip
 
+    @shape_only
     def init(params):
-        dtype = jnp.result_type(*jax.tree.leaves(params))
+        dtype = _init_dtype(params)
+        values = dict(runtime)
+        if ls.choose_solver(static["solver"], _num_params(params)) == "cg":
+            values["cg_tol"] = static["cg_tol"]
         return GaussNewtonState(
-            count=jnp.zeros([], jnp.int32),
-            step_size=jnp.zeros([], dtype),
-            cg_steps=jnp.zeros([], jnp.int32),
-            hyperparams={k: jnp.asarray(v, dtype) for k, v in values.items()},
+            count=zero_count(),
+            step_size=_const((), 1.0, dtype),
+            accepted=_const((), False, bool),
+            stuck=_const((), False, bool),
+            cg_steps=zero_count(),
+            hyperparams=initial_hyperparams(values, params),
         )
 
     def update(grads, state, params=None, *, value_fn=None, value=None, model_fn=None,
                likelihood=None, targets=None, **extra):  # fmt: skip
         del extra
         _extras("gauss_newton", value_fn, model_fn, likelihood, targets)
-        hp = state.hyperparams
-        dense = _pick_dense(solver, params)
-        c = _curvature(params, grads, model_fn, likelihood, targets, dense)
-        dtype = c.x.dtype
-        ones = jnp.ones_like(c.x)
-        svd = None if c.wjac is None else _svd(c, ones)
-        d, iters = _solve(c, hp["damping"].astype(dtype), ones, max_cg_steps=max_cg_steps,
-                          cg_tol=hp["cg_tol"].astype(dtype), svd=svd)  # fmt: skip
-        usable = _finite(d) & (jnp.vdot(c.g, d) < 0)
-        d = jnp.where(usable, d, -c.g)
-
-        f = _change(likelihood, targets, lambda v: model_fn(c.unravel(v)), c.x)
-
-        if line_search:
-            v0 = jnp.zeros([], dtype)  # f measures the change from the current loss
-            kw = {"shrink": hp["shrink"].astype(dtype), "c1": hp["c1"].astype(dtype),
-                  "max_steps": max_ls}  # fmt: skip
-            t, found = armijo_step(f, c.x, d, v0, jnp.vdot(c.g, d), **kw)
-            tg, _ = armijo_step(f, c.x, -c.g, v0, -jnp.vdot(c.g, c.g), active=~found, **kw)
-            step = jnp.where(found, t * d, tg * -c.g)
+        extras = {"model_fn": model_fn, "likelihood": likelihood, "targets": targets}
+        fl = _flat(params, grads, model_fn)
+        x, g, dtype = fl.x, fl.g, fl.x.dtype
+        hp = {k: v.astype(dtype) for k, v in state.hyperparams.items()}
+        kind = ls.choose_solver(static["solver"], x.size)
+        prop = _gn_direction(fl, extras, hp, kind, static)
+        d = prop.d
+        change = tr.loss_change(lambda v: value_fn(fl.to_tree(v)), x, extras, fl.to_tree,
+                                out=prop.out)  # fmt: skip
+        if line_search is False:
+            step, t, moved, stuck = d, jnp.ones([], dtype), jnp.ones([], bool), state.stuck
+        elif line_search:
+            kw = {"shrink": hp["shrink"], "c1": hp["c1"], "max_steps": static["max_ls"]}
+            zero = jnp.zeros([], dtype)  # change.fn measures from the current loss
+            t, found = armijo_step(change.fn, x, d, zero, jnp.vdot(g, d), **kw)
+            tg, _ = armijo_step(change.fn, x, -g, zero, -jnp.vdot(g, g), active=~found, **kw)
+            step = jnp.where(found, t * d, tg * -g)
             t = jnp.where(found, t, tg)
+            moved, stuck = t > 0, t == 0
         else:
-            step, t = d, jnp.ones([], dtype)
-        step = jnp.where(_finite(step), step, jnp.zeros_like(step))
+            t = jnp.where(state.count == 0, 1.0, state.step_size.astype(dtype))
+            step = t * d
+            trial = x + step
+            x_norm = jnp.linalg.norm(prop.s * x)
+            skip = tr.no_trial(t * prop.z_norm, x_norm, x, step)
+            predicted = -t * jnp.vdot(g, d) - 0.5 * t * t * prop.dgd
+            actual, gradient_shrinks = _trial(fl, extras, change, prop.pullback, trial, g)
+            verdict = tr.judge(actual, predicted, hp["c1"], change.size, tr.finite(step),
+                               gradient_shrinks)  # fmt: skip
+            moved = verdict.accept & ~skip
+            grown = jnp.minimum(1.0, t / hp["shrink"])
+            # a shortened step whose decrease was within rounding while the full step's is
+            # not could not be judged: the next proposal is longer, not shorter
+            full = -jnp.vdot(g, d) - 0.5 * prop.dgd
+            unmeasured = tr.unmeasured(verdict, full) & (t < 1.0)
+            t = jnp.where(skip, t, jnp.where(moved | unmeasured, grown, t * hp["shrink"]))
+            step = jnp.where(moved, step, 0.0)
+            stuck = skip
+        step = jnp.where(tr.finite(step), step, jnp.zeros_like(step))
         new_state = GaussNewtonState(
             count=increment(state.count),
             step_size=t.astype(state.step_size.dtype),
-            cg_steps=iters,
-            hyperparams=hp,
+            accepted=moved,
+            stuck=stuck,
+            cg_steps=prop.cg_steps,
+            hyperparams=state.hyperparams,
         )
-        return c.unravel(step), new_state
+        return fl.to_tree(step), new_state
 
-    return curvature_rule(init, update, stalled=no_step_taken if line_search else None)
+    if line_search is None:
+        stalled = _stuck
+    elif line_search:
+        stalled = no_step_taken
+    else:
+        stalled = None
+    return curvature_rule(init, update, stalled=stalled)
+
+
+def _stuck(state) -> jax.Array:
+    """The stall test of the one-proposal rules: the last update left params and state as
+    they were (:func:`jaxdescent.optim.trust_region.no_trial`), so every later one does."""
+    return (state.count > 0) & state.stuck
+
+
+# --- Levenberg-Marquardt ---------------------------------------------------------------------
+
+
+def _lm_values(initial_damping, initial_radius, scaled, geodesic, solver, eta, max_cg_steps,
+               cg_tol):  # fmt: skip
+    """Check :func:`levenberg_marquardt`'s arguments; returns ``(runtime, static)``."""
+    check_positive("initial_damping", initial_damping)
+    check_positive("initial_radius", initial_radius)
+    check_flag("scaled", scaled)
+    check_flag("geodesic", geodesic)
+    solver = check_choice("solver", solver, ls.SOLVERS)
+    check_nonnegative("eta", eta)
+    tr.check_bound("eta", eta, 0.25, below=True, strict=True, expected="in [0, 0.25)")
+    if solver in ("dense", "svd"):
+        for name, value in (("max_cg_steps", max_cg_steps), ("cg_tol", cg_tol)):
+            if value is not None:
+                raise ValueError(f"{name} is read only by solver='cg' (or 'auto'); got {value!r}")
+    cg_steps = check_int("max_cg_steps", 50 if max_cg_steps is None else max_cg_steps, minimum=1)
+    cg_tol = 1e-8 if cg_tol is None else cg_tol
+    check_real("cg_tol", cg_tol)
+    tr.check_bound("cg_tol", cg_tol, 0.0, below=False, strict=True, expected="in (0, 1]")
+    tr.check_bound("cg_tol", cg_tol, 1.0, below=True, strict=False, expected="in (0, 1]")
+    runtime = {"initial_damping": initial_damping, "initial_radius": initial_radius, "eta": eta}
+    return runtime, {"solver": solver, "cg_tol": cg_tol, "max_cg_steps": cg_steps,
+                     "scaled": scaled, "geodesic": geodesic}  # fmt: skip
+
+
+# a gain ratio above this: the quadratic model held (the radius may open to the proposal)
+VERY_GOOD = 0.9
+
+
+class _Damped(NamedTuple):
+    """One Levenberg-Marquardt solve: ``z`` in the radius's metric (``z = D d``), ``d``,
+    ``z.(G_s + mu)^{-1} z`` (for the secular update), ``z.G_s z``, Moré's scale ``D``, the
+    damping's unit ``top`` and CG iterations."""
+
+    z: jax.Array
+    d: jax.Array
+    inverse_norm2: jax.Array
+    zgz: jax.Array
+    scale: jax.Array
+    top: jax.Array
+    cg_steps: jax.Array
+    out: jax.Array
+    pullback: Callable
+
+
+def _first_damping(state, hp, top, dtype):
+    return jnp.where(state.count == 0, hp["initial_damping"] * top, state.damping.astype(dtype))
+
+
+def _lm_dense(fl: _Flat, extras, state, hp, kind, static) -> _Damped:
+    """``(G + mu D^2) d = -g``, solved in the coordinates ``z = D d`` with ``D`` Moré's
+    scaling (``scaled=True``), else ``D = I`` (solved in column-scaled coordinates for
+    precision, then mapped back)."""
+    x, g, dtype = fl.x, fl.g, fl.x.dtype
+    system = curvature.ggn(fl.out_fn, extras["likelihood"], extras["targets"], x,
+                           weighted=kind == "svd")  # fmt: skip
+    c = ls.column_scale(system.gram)
+    if static["scaled"]:
+        scale = tr.running_scale(state.scale.astype(dtype), c, state.count == 0)
+        s, e = scale, jnp.ones_like(x)
+    else:
+        scale, s, e = jnp.ones_like(x), c, 1.0 / (c * c)
+    gram_s, g_s = ls.scaled(system.gram, g, s)
+    wjac_s = None if system.wjac is None else system.wjac / s[None, :]
+    # mu relative to the largest scaled curvature, so initial_damping is unit-free
+    top = jnp.max(jnp.diagonal(gram_s) / e)
+    top = jnp.where((top > 0) & jnp.isfinite(top), top, 1.0)
+    mu = _first_damping(state, hp, top, dtype)
+    solved = ls.solve_scaled(kind, gram_s, g_s, mu * e, wjac_s, system.wres)
+    d = solved.z / s
+    if static["geodesic"]:
+        rhs = _second_order_rhs(fl, extras, d) / s
+        accel = ls.solve_scaled(kind, gram_s, -rhs, mu * e).z / s
+        keep = tr.finite(accel) & (2.0 * jnp.linalg.norm(scale * accel)
+                                   <= 0.75 * jnp.linalg.norm(scale * d))  # fmt: skip
+        d = d + jnp.where(keep, 0.5 * accel, 0.0)
+    zgz = jnp.vdot(d * s, gram_s @ (d * s))
+    if static["scaled"]:  # the solve's coordinates are the radius's: z = D d
+        inverse_norm2 = solved.inverse_norm2
+    else:  # D = I: z.(G + mu I)^{-1} z from the Rayleigh quotient of G + mu I along d
+        dd = jnp.vdot(d, d)
+        inverse_norm2 = dd * dd / jnp.where(zgz + mu * dd > 0, zgz + mu * dd, 1.0)
+    zero = jnp.zeros([], jnp.int32)
+    return _Damped(scale * d, d, inverse_norm2, zgz, scale, top, zero, system.out,
+                   system.pullback)  # fmt: skip
+
+
+def _lm_cg(fl: _Flat, extras, state, hp, static) -> _Damped:
+    """``(G + mu I) d = -g`` by CG; ``mu`` starts at ``initial_damping`` times the Rayleigh
+    quotient ``g.G g / g.g``."""
+    x, g, dtype = fl.x, fl.g, fl.x.dtype
+    out, matvec, pullback = curvature.ggn_matvec(fl.out_fn, extras["likelihood"],
+                                                 extras["targets"], x)  # fmt: skip
+    gg = jnp.vdot(g, g)
+    top = jnp.vdot(g, matvec(g)) / jnp.where(gg > 0, gg, 1.0)
+    top = jnp.where((top > 0) & jnp.isfinite(top), top, 1.0)
+    mu = _first_damping(state, hp, top, dtype)
+    tol = _cg_tol(hp, static["cg_tol"]).astype(dtype) * jnp.sqrt(gg)
+    sol = conjugate_gradient(lambda v: matvec(v) + mu * v, -g,
+                             max_steps=static["max_cg_steps"], tol=tol)  # fmt: skip
+    d = sol.x
+    if static["geodesic"]:
+        rhs = _second_order_rhs(fl, extras, d)
+        accel = conjugate_gradient(lambda v: matvec(v) + mu * v, rhs,
+                                   max_steps=static["max_cg_steps"], tol=tol).x  # fmt: skip
+        keep = tr.finite(accel) & (2.0 * jnp.linalg.norm(accel) <= 0.75 * jnp.linalg.norm(d))
+        d = d + jnp.where(keep, 0.5 * accel, 0.0)
+    dgd = jnp.vdot(d, matvec(d))
+    dd = jnp.vdot(d, d)
+    # z.(G + mu I)^{-1} z, from the Rayleigh quotient of G + mu I along d (exact when d is
+    # an eigenvector; CG gives no factor to solve with)
+    inverse_norm2 = dd * dd / jnp.where(dgd + mu * dd > 0, dgd + mu * dd, 1.0)
+    return _Damped(d, d, inverse_norm2, dgd, jnp.ones_like(x), top, sol.iterations, out,
+                   pullback)  # fmt: skip
+
+
+def _second_order_rhs(fl: _Flat, extras, d) -> jax.Array:
+    """``-J^T F r'' / n``, with ``r''`` the model's second directional derivative along
+    ``d``: the right-hand side of the geodesic acceleration (Transtrum and Sethna)."""
+    x = fl.x
+    out = fl.out_fn(x)
+
+    def directional(v):
+        return jax.jvp(fl.out_fn, (v,), (d,))[1]
+
+    second = jax.jvp(directional, (x,), (d,))[1]
+    _, vjp = jax.vjp(fl.out_fn, x)
+    (back,) = vjp(extras["likelihood"].fisher_vp(out, second, extras["targets"]))
+    return -back.astype(x.dtype) / curvature.examples(out)
+
+
+def _secular_damping(mu, z_norm, inverse_norm2, radius, top) -> jax.Array:
+    r"""One Newton step on Moré's secular equation ``1/Delta - 1/||z(mu)|| = 0`` from the
+    damping just used: ``mu + (||z|| / ||q||)^2 (||z|| - Delta) / Delta`` with
+    ``||q||^2 = z.(G + mu D^2)^{-1} z`` (Nocedal and Wright, eq. 4.44), so the next proposal
+    lands about on the boundary of the next region. The function is concave and increasing,
+    so from a damping that gave too long a step the update does not overshoot."""
+    ratio = z_norm * z_norm / jnp.where(inverse_norm2 > 0, inverse_norm2, 1.0)
+    new = mu + ratio * (z_norm / radius - 1.0)  # an infinite radius: mu - ratio
+    new = jnp.where(jnp.isfinite(new), new, mu)
+    eps = jnp.finfo(mu.dtype).eps
+    return jnp.clip(new, eps * top, top / (eps * eps))
 
 
 def levenberg_marquardt(
@@ -384,48 +584,62 @@ def levenberg_marquardt(
     scaled: bool = True,
     geodesic: bool = False,
     solver: str = "auto",
-    max_trials: int = 30,
     eta: float = 1e-4,
-    max_cg_steps: int = 50,
-    cg_tol: float = 1e-8,
+    max_cg_steps: int | None = None,
+    cg_tol: float | None = None,
 ) -> optax.GradientTransformationExtraArgs:
     r"""Levenberg-Marquardt: Gauss-Newton with adaptive damping, for nonlinear least squares.
 
     .. math::
-       (G + \mu D)\, d = -g, \qquad
+       (G + \mu D^2)\, z' = -g, \qquad d = z' \min(1, \Delta / \|D z'\|), \qquad
        \rho = \frac{L(\theta) - L(\theta + d)}{-(g^\top d + \tfrac12 d^\top G d)}
 
     with ``G = J^T F J / n`` the generalised Gauss-Newton matrix (:func:`gauss_newton`) and
-    ``D`` Moré's scaling, the running maximum of ``diag(G)`` (``scaled=True``; the identity
-    otherwise), which makes the method invariant to the units of each parameter. A trial step
-    is accepted only when it lowers the loss, ``rho > eta`` and its scaled length
-    ``||D^{1/2} d||`` is within a radius ``Delta`` (first ``initial_radius * ||D^{1/2}
-    theta_0||``, doubled after a step with ``rho > 3/4``, halved after one with ``rho < 1/4``;
-    this keeps a far start from jumping into a region where the model saturates); then ``mu`` shrinks by
-    Nielsen's rule ``mu <- mu max(1/3, 1 - (2 rho - 1)^3)``. Otherwise ``mu <- nu mu`` with
-    ``nu`` doubling, and the system is solved again, up to ``max_trials`` times per update.
-    A step that raises the loss is never taken: after ``max_trials`` rejections (at a
-    minimum, where no step lowers the loss in floating point) the update is zero, and once
-    ``Delta`` is below the rounding of the params, ``eps ||D^{1/2} theta||``, no trial is
-    made at all, and in :func:`jaxdescent.fit` a full-batch run then ends with status
-    ``STALLED``: from there no update can move the params. Large
-    ``mu`` gives short gradient steps, small ``mu`` Gauss-Newton steps. The first ``mu`` is
-    ``initial_damping * max(diag(G) / D)``.
+    ``D`` Moré's scaling, the running maximum of the Jacobian's weighted column norms
+    ``sqrt(diag G)`` (``scaled=True``; the identity otherwise), which makes the method
+    invariant to the units of each parameter. It is Moré's trust-region form with **one
+    proposal and one factorisation per update**: the damped step ``z'`` is solved once
+    (Cholesky of the column-scaled system), pulled back to the trust radius ``Delta`` if it
+    is longer (by more than 10%, as MINPACK allows), and taken when the loss falls with
+    ``rho > eta``. The radius then follows Moré's rule (at least twice the step after
+    ``rho > 3/4``, or ``rho >= 1/4`` for an undamped step; after a step the quadratic model
+    predicted well, up to the undamped step's length, at most ten times the step; at most
+    half the radius after ``rho < 1/4``; a quarter of the step after a rejection) and ``mu``
+    takes one Newton step on the secular equation ``||D z'(mu)|| = Delta`` towards the new
+    radius, so the damping tracks the radius across updates instead of in an inner loop. A
+    rejected proposal is an update of its own (zero), as in Gpufit and optimistix: under
+    ``vmap`` every fit does the same work per update.
+
+    The first ``mu`` is ``initial_damping`` times the largest scaled curvature
+    ``max(diag(G) / D^2)``; the first radius ``initial_radius * ||D theta_0||``, unbounded
+    from ``theta_0 = 0`` (so a linear problem from zeros is solved in one or two steps).
+    Where the promised decrease is within the loss's rounding (float32), the gain ratio is
+    noise and is not read: near a minimum a step that keeps the loss within its rounding
+    and shrinks the gradient is taken, so the run converges as far as the gradient can be
+    resolved; far from one (a loss of 1e19, a region too small to measure its step in) the
+    region grows instead. Otherwise a step that raises the loss is never taken. When the
+    proposal cannot change the params (``x + d == x``), the update leaves params and state
+    as they were: every later update would do the same, and :func:`jaxdescent.fit` ends a
+    full-batch run ``STALLED``. A failed factorisation is a rejection with ten times the
+    damping.
 
     With ``geodesic=True`` each step adds Transtrum and Sethna's second-order correction
-    ``a/2``, ``(G + mu D) a = -J^T F r''/n`` with ``r''`` the model's second directional
-    derivative along ``d``, when ``2||a|| <= 0.75 ||d||``; it helps on long curved valleys.
+    ``a/2``, ``(G + mu D^2) a = -J^T F r''/n`` with ``r''`` the model's second directional
+    derivative along ``d``, when ``2||D a|| <= 0.75 ||D d||``; it helps on long curved
+    valleys (one more solve).
 
     Args:
-      initial_damping: ``tau``, the first ``mu`` relative to the largest scaled curvature
-        (a runtime hyperparameter, in the state).
-      initial_radius: the first ``Delta`` relative to ``||D^{1/2} theta_0||`` (runtime).
+      initial_damping: ``tau > 0``, the first ``mu`` relative to the largest scaled
+        curvature (a runtime hyperparameter, in the state; read by the first update).
+      initial_radius: the first radius relative to ``||D theta_0||`` (runtime; first update).
       scaled: Moré's diagonal scaling ``D``; ``False`` uses ``D = I`` (Levenberg's form).
       geodesic: add the geodesic acceleration term.
-      solver: ``"auto"``, ``"dense"`` (Cholesky) or ``"cg"`` (matrix-free, ``D = I``).
-      max_trials: most damped solves per update.
-      eta: smallest gain ratio accepted, in ``[0, 1)``.
-      max_cg_steps, cg_tol: CG's limits (``solver="cg"``).
+      solver: ``"auto"``, ``"dense"`` (Cholesky), ``"svd"`` (the safe path) or ``"cg"``
+        (matrix-free, ``D = I``, the first ``mu`` relative to ``g.G g / g.g``); see
+        :func:`gauss_newton` and :mod:`jaxdescent.optim.linear_solve`.
+      eta: smallest gain ratio accepted, in ``[0, 1/4)`` (runtime).
+      max_cg_steps, cg_tol: CG's limits (default 50 and 1e-8 relative, runtime; CG solvers
+        only).
 
     Returns:
       An optax transformation with state :class:`LevenbergMarquardtState`; ``update`` needs
@@ -454,166 +668,136 @@ def levenberg_marquardt(
       squares*, Quarterly of Applied Mathematics 2, 1944. Marquardt, *An algorithm for
       least-squares estimation of nonlinear parameters*, SIAM J. Appl. Math. 11, 1963.
       Moré, *The Levenberg-Marquardt algorithm: implementation and theory*, Lecture Notes
-      in Mathematics 630, 1978. Nielsen, *Damping parameter in Marquardt's method*,
-      IMM-REP-1999-05, DTU, 1999. Transtrum and Sethna, *Improvements to the
+      in Mathematics 630, 1978. Transtrum and Sethna, *Improvements to the
       Levenberg-Marquardt algorithm for nonlinear least-squares minimization*, 2012.
+      Przybylski et al., *Gpufit: an open-source toolkit for GPU-accelerated curve
+      fitting*, Scientific Reports 7, 2017.
     """
-    check_positive("initial_damping", initial_damping)
-    check_positive("initial_radius", initial_radius)
-    for name, flag in (("scaled", scaled), ("geodesic", geodesic)):
-        if not isinstance(flag, bool):
-            raise TypeError(f"{name} must be True or False; got {flag!r}")
-    solver = check_choice("solver", solver, _SOLVERS)
-    max_trials = check_int("max_trials", max_trials, minimum=1)
-    check_nonnegative("eta", eta)
-    if float(eta) >= 1.0:
-        raise ValueError(f"eta must be in [0, 1); got {eta!r}")
-    max_cg_steps = check_int("max_cg_steps", max_cg_steps, minimum=1)
-    check_positive("cg_tol", cg_tol)
-    values = {
-        "initial_damping": initial_damping,
-        "initial_radius": initial_radius,
-        "eta": eta,
-        "cg_tol": cg_tol,
-    }
+    runtime, static = _lm_values(initial_damping, initial_radius, scaled, geodesic, solver, eta,
+                                 max_cg_steps, cg_tol)  # fmt: skip
 
+    @shape_only
     def init(params):
-        x, _ = ravel_pytree(params)
-        dtype = x.dtype
+        dtype = _init_dtype(params)
+        p = _num_params(params)
+        values = dict(runtime)
+        if ls.choose_solver(static["solver"], p) == "cg":
+            values["cg_tol"] = static["cg_tol"]
         return LevenbergMarquardtState(
-            count=jnp.zeros([], jnp.int32),
-            damping=jnp.zeros([], dtype),
-            scale=jnp.zeros_like(x),
-            radius=jnp.zeros([], dtype),
-            rho=jnp.zeros([], dtype),
-            trials=jnp.zeros([], jnp.int32),
-            accepted=jnp.zeros([], bool),
-            cg_steps=jnp.zeros([], jnp.int32),
-            hyperparams={k: jnp.asarray(v, dtype) for k, v in values.items()},
+            count=zero_count(),
+            damping=_const((), 0.0, dtype),
+            radius=_const((), 0.0, dtype),
+            scale=_const((p,), 1.0, dtype),
+            rho=_const((), 0.0, dtype),
+            accepted=_const((), False, bool),
+            stuck=_const((), False, bool),
+            cg_steps=zero_count(),
+            hyperparams=initial_hyperparams(values, params),
         )
 
     def update(grads, state, params=None, *, value_fn=None, value=None, model_fn=None,
                likelihood=None, targets=None, **extra):  # fmt: skip
         del extra
         _extras("levenberg_marquardt", value_fn, model_fn, likelihood, targets)
-        hp = state.hyperparams
-        dense = _pick_dense(solver, params)
-        c = _curvature(params, grads, model_fn, likelihood, targets, dense)
-        dtype = c.x.dtype
-        tiny = jnp.finfo(dtype).tiny
-        if scaled and dense:
-            diag = jnp.diagonal(c.dense)
-            scale = jnp.maximum(state.scale.astype(dtype), diag)
-            scale = jnp.where(scale > 0, scale, 1.0)
+        extras = {"model_fn": model_fn, "likelihood": likelihood, "targets": targets}
+        fl = _flat(params, grads, model_fn)
+        x, g, dtype = fl.x, fl.g, fl.x.dtype
+        hp = {k: v.astype(dtype) for k, v in state.hyperparams.items()}
+        kind = ls.choose_solver(static["solver"], x.size)
+        if kind == "cg":
+            prop = _lm_cg(fl, extras, state, hp, static)
         else:
-            diag = jnp.diagonal(c.dense) if dense else jnp.ones_like(c.x)
-            scale = jnp.ones_like(c.x)
-        first = jnp.max(jnp.where(jnp.isfinite(diag / scale), diag / scale, 0.0))
-        mu0 = jnp.where(
-            (state.count == 0) | ~(state.damping > 0),
-            hp["initial_damping"].astype(dtype) * jnp.maximum(first, tiny),
-            state.damping.astype(dtype),
+            prop = _lm_dense(fl, extras, state, hp, kind, static)
+        mu = _first_damping(state, hp, prop.top, dtype)
+        first = state.count == 0
+        x_norm = jnp.linalg.norm(prop.scale * x)
+        start = jnp.where(x_norm > 0, hp["initial_radius"] * x_norm, jnp.inf)
+        radius = jnp.where(first, start, state.radius.astype(dtype))
+        # the damped step, pulled back to the radius when longer than 1.1 times it (MINPACK
+        # takes a step within 10% of the radius as on it)
+        z_norm = jnp.linalg.norm(prop.z)
+        inside = z_norm <= 1.1 * radius
+        shrink = jnp.where(inside, 1.0, radius / jnp.where(z_norm > 0, z_norm, 1.0))
+        d = prop.d * shrink
+        size = z_norm * shrink
+        skip = tr.no_trial(size, x_norm, x, d)
+        change = tr.loss_change(lambda v: value_fn(fl.to_tree(v)), x, extras, fl.to_tree,
+                                out=prop.out)  # fmt: skip
+        predicted = -shrink * jnp.vdot(g, prop.d) - 0.5 * shrink * shrink * prop.zgz
+        actual, gradient_shrinks = _trial(fl, extras, change, prop.pullback, x + d, g)
+        verdict = tr.judge(actual, predicted, hp["eta"], change.size, tr.finite(d),
+                           gradient_shrinks)  # fmt: skip
+        moved = verdict.accept & ~skip
+        # the Gauss-Newton step itself (no damping to speak of) fitted: MINPACK's par = 0
+        undamped = inside & (mu <= jnp.sqrt(jnp.finfo(dtype).eps) * prop.top)
+        # the undamped step's length from the secular model (1/||z(mu)|| about linear in mu):
+        # 1/||z(0)|| ~ 1/||z|| - mu ||q||^2 / ||z||^3 (none left: the step is far longer)
+        safe = jnp.where(z_norm > 0, z_norm, 1.0)
+        inverse0 = (1.0 - mu * prop.inverse_norm2 / (safe * safe)) / safe
+        undamped_norm = jnp.where(inverse0 > 0, 1.0 / jnp.where(inverse0 > 0, inverse0, 1.0),
+                                  jnp.inf)  # fmt: skip
+        new_radius = _next_radius(
+            radius, verdict.rho, size, moved, undamped, z_norm, undamped_norm
         )
-        cg_tol_v = hp["cg_tol"].astype(dtype)
-        eta_v = hp["eta"].astype(dtype)
-        mu_max = jnp.asarray(1e30, dtype) * jnp.maximum(jnp.max(scale), 1.0)
-        svd = None if c.wjac is None else _svd(c, scale)
-        root = jnp.sqrt(scale)
-        x_size = jnp.linalg.norm(root * c.x)
-        start_radius = hp["initial_radius"].astype(dtype) * x_size
-        # the radius only falls this low after many rejected trials in a row; a step within
-        # it changes the scaled params by less than their rounding (eps ||D^{1/2} x||), so
-        # no trial is made (a run stalled at the floor of its precision then costs a
-        # Jacobian per step, not max_trials rejected solves)
-        floor = jnp.finfo(dtype).eps * x_size
-        radius = jnp.where(
-            state.count == 0,
-            jnp.where(start_radius > 0, start_radius, hp["initial_radius"].astype(dtype)),
-            state.radius.astype(dtype),
-        )
-
-        def out_fn(v):
-            return model_fn(c.unravel(v))
-
-        change = _change(likelihood, targets, out_fn, c.x)
-
-        def trial(mu, radius):
-            if svd is not None:  # Moré: the damping that puts the step on the trust radius
-                mu = _radius_damping(svd, radius, jnp.zeros_like(mu))
-            d, iters = _solve(c, mu, scale, max_cg_steps=max_cg_steps, cg_tol=cg_tol_v, svd=svd)
-            if geodesic:
-                d = d + 0.5 * _acceleration(c, out_fn, likelihood, targets, d, mu, scale)
-            actual = -jnp.asarray(change(c.x + d), dtype)
-            predicted = -(jnp.vdot(c.g, d) + 0.5 * jnp.vdot(d, c.matvec(d)))
-            rho = actual / jnp.where(predicted > 0, predicted, 1.0)
-            ok = _finite(d) & jnp.isfinite(actual) & (predicted > 0)
-            size = jnp.linalg.norm(root * d)
-            fits = size <= radius * (1.0 + 1e-6) if svd is not None else size <= radius
-            accept = ok & (actual > 0) & (rho > eta_v) & fits
-            return d, rho, accept, iters, size, mu
-
-        def cond(s):
-            return ~s[3] & (s[4] < max_trials) & (s[7] > floor)
-
-        def body(s):
-            mu, nu, _, _, i, _, cg_total, radius = s
-            d, rho, accept, iters, size, mu_used = trial(mu, radius)
-            if svd is not None:  # trust-region form: the radius drives the damping
-                new_mu = mu_used
-                good = (rho > 0.75) | (mu_used == 0)
-                grown = jnp.where(good, jnp.maximum(radius, 2.0 * size), radius)
-                grown = jnp.where(rho < 0.25, 0.5 * jnp.minimum(radius, size), grown)
-                failed = 0.5 * jnp.minimum(radius, jnp.where(jnp.isfinite(size), size, radius))
-                radius = jnp.where(accept, grown, failed)
-            else:  # Nielsen's damping update; the radius only bounds the step
-                shrink = jnp.maximum(1.0 / 3.0, 1.0 - (2.0 * rho - 1.0) ** 3)
-                new_mu = jnp.where(accept, mu * shrink, jnp.minimum(mu * nu, mu_max))
-                grown = jnp.where(rho > 0.75, jnp.maximum(radius, 2.0 * size), radius)
-                grown = jnp.where(rho < 0.25, 0.5 * radius, grown)
-                radius = jnp.where(accept, grown, radius)
-            new_nu = jnp.where(accept, 2.0, 2.0 * nu).astype(dtype)
-            step = jnp.where(accept, d, 0.0)
-            return new_mu, new_nu, step, accept, i + 1, rho, cg_total + iters, radius
-
-        start = (
-            mu0,
-            jnp.asarray(2.0, dtype),
-            jnp.zeros_like(c.x),
-            jnp.zeros([], bool),
-            jnp.zeros([], jnp.int32),
-            jnp.zeros([], dtype),
-            jnp.zeros([], jnp.int32),
-            radius,
-        )
-        mu, _, step, accept, trials, rho, cg_total, radius = jax.lax.while_loop(cond, body, start)
+        # a step the radius held back (on its boundary, damped) whose decrease was within
+        # rounding while the undamped step's would not be could not be judged: the region
+        # grows instead of shrinking (the full step's decrease estimated along the way, where
+        # a far-off minimum makes it grow about linearly with the length)
+        full = predicted * undamped_norm / jnp.where(size > 0, size, 1.0)
+        unmeasured = tr.unmeasured(verdict, full) & ~undamped & (size >= 0.9 * radius)
+        new_radius = jnp.where(unmeasured, tr.QUIET_GROW * radius, new_radius)
+        new_mu = _secular_damping(mu, z_norm, prop.inverse_norm2, new_radius, prop.top)
+        # a failed factorisation (or an overflow): a rejection with ten times the damping
+        failed = ~tr.finite(prop.d)
+        new_radius = jnp.where(failed, jnp.where(jnp.isfinite(radius), tr.SHRINK * radius, radius),
+                               new_radius)  # fmt: skip
+        raised = jnp.maximum(10.0 * mu, jnp.sqrt(jnp.finfo(dtype).eps) * prop.top)
+        new_mu = jnp.where(failed, jnp.minimum(raised, prop.top / jnp.finfo(dtype).eps ** 2),
+                           new_mu)  # fmt: skip
+        new_radius = jnp.where(skip, radius, new_radius)
+        new_mu = jnp.where(skip, mu, new_mu)
+        step = jnp.where(moved & tr.finite(d), d, 0.0)
         new_state = LevenbergMarquardtState(
             count=increment(state.count),
-            damping=mu.astype(state.damping.dtype),
-            scale=scale.astype(state.scale.dtype),
-            radius=radius.astype(state.radius.dtype),
-            rho=rho.astype(state.rho.dtype),
-            trials=trials,
-            accepted=accept,
-            cg_steps=cg_total,
-            hyperparams=hp,
+            damping=new_mu.astype(state.damping.dtype),
+            radius=new_radius.astype(state.radius.dtype),
+            scale=prop.scale.astype(state.scale.dtype),
+            rho=verdict.rho.astype(state.rho.dtype),
+            accepted=moved,
+            stuck=skip,
+            cg_steps=prop.cg_steps,
+            hyperparams=state.hyperparams,
         )
-        return c.unravel(step), new_state
+        return fl.to_tree(step), new_state
 
-    return curvature_rule(init, update, stalled=no_trial_made)
+    return curvature_rule(init, update, stalled=_stuck)
 
 
-def _acceleration(c: _Curvature, out_fn, likelihood, targets, d, mu, scale):
-    """Geodesic acceleration ``a``: ``(G + mu D) a = -J^T F r''/n``, kept when small."""
-    out = out_fn(c.x)
-    n = out.shape[0] if out.ndim else 1
+def _next_radius(radius, rho, size, moved, undamped, proposal, undamped_norm) -> jax.Array:
+    """Moré's radius rule (MINPACK's ``lmder``), one proposal at a time: after a good step
+    (``rho > 3/4``, or ``rho >= 1/4`` for the undamped Gauss-Newton step) at least twice the
+    step; after a very good one (``rho > 0.9``) up to the damped proposal it was cut from,
+    and after one the quadratic model predicted to 1% up to the undamped step's length;
+    never more than ten times the step. After a poor step (``rho < 1/4``) at most half the
+    radius; after a rejection a quarter of the step (Nocedal and Wright's Algorithm 4.1)."""
+    good = (rho > tr.GOOD) | (undamped & (rho >= tr.POOR))
+    opened = jnp.maximum(
+        jnp.where(rho > VERY_GOOD, proposal, 0.0),
+        jnp.where(jnp.abs(rho - 1.0) < 0.01, undamped_norm, 0.0),
+    )
+    model_held = jnp.minimum(opened, 10.0 * size)
+    grown = jnp.maximum(jnp.maximum(radius, tr.GROW * size), model_held)
+    grown = jnp.where(good, grown, radius)
+    grown = jnp.where(rho < tr.POOR, jnp.minimum(0.5 * radius, size), grown)
+    return jnp.where(moved, grown, tr.SHRINK * size)
 
-    def directional(v):
-        return jax.jvp(out_fn, (v,), (d,))[1]
 
-    second = jax.jvp(directional, (c.x,), (d,))[1]
-    _, vjp = jax.vjp(out_fn, c.x)
-    (rhs,) = vjp(likelihood.fisher_vp(out, second, targets))
-    rhs = rhs.astype(c.x.dtype) / n
-    accel, _ = _solve(c._replace(g=rhs, wjac=None), mu, scale, max_cg_steps=50, cg_tol=1e-8)
-    keep = _finite(accel) & (2.0 * jnp.linalg.norm(accel) <= 0.75 * jnp.linalg.norm(d))
-    return jnp.where(keep, accel, 0.0)
+def _curvature(params, grads, model_fn, likelihood, targets, dense: bool = True):
+    """The dense GGN in the form :mod:`jaxdescent.inference` reads (``.dense``); new code
+    calls :func:`jaxdescent._curvature.ggn_dense`."""
+    del grads, dense
+    return _DenseGGN(curvature.ggn_dense(model_fn, likelihood, targets, params))
+
+
+class _DenseGGN(NamedTuple):
+    dense: jax.Array

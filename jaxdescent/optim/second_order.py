@@ -10,8 +10,10 @@ and needs no learning rate. But the stationary point of the model is a saddle or
 when ``H`` is indefinite, so the plain update is *attracted* to saddle points; and forming
 ``H`` costs ``n^2`` memory. The rules here are the textbook update and the usual remedies:
 
-- :func:`newton`: exact Hessian, Levenberg damping ``H + mu I`` raised until positive
-  definite, Armijo backtracking; ``damping=0.0, line_search=False`` is the textbook update.
+- :func:`newton`: exact Hessian; by default an exact trust region with one proposal per
+  update (:mod:`jaxdescent.optim.trust_region`); or Levenberg damping ``H + mu I`` raised
+  until positive definite with Armijo backtracking; ``damping=0.0, line_search=False`` is
+  the textbook update.
 - :func:`saddle_free_newton`: rescales by ``|H|`` (eigenvalues in absolute value), so
   negative-curvature directions are descended, not climbed.
 - :func:`newton_cg`: matrix-free truncated Newton, conjugate gradients on Hessian-vector
@@ -31,18 +33,25 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from jax.flatten_util import ravel_pytree
 
 from jaxdescent import _curvature as curvature
 from jaxdescent._checks import check_int, check_nonnegative, check_positive, check_real
+from jaxdescent.optim import trust_region as tr
 from jaxdescent.optim._common import (
+    check_flag,
     check_grads,
     curvature_rule,
+    full_like,
     increment,
+    initial_hyperparams,
     no_step_taken,
-    no_trial_made,
+    shape_only,
+    zero_count,
 )
+from jaxdescent.optim.cg import conjugate_gradient
 from jaxdescent.optim.line_search import (
     armijo_step,
     check_line_search,
@@ -63,9 +72,14 @@ __all__ = [
 
 
 class NewtonState(NamedTuple):
-    """State of :func:`newton`: update count, the damping and step size last used, the trust
-    radius, the last gain ratio, how many trial steps the last update took, and the runtime
-    hyperparameters."""
+    """State of :func:`newton`.
+
+    ``damping``: the shift ``mu`` of the last step (``H + mu I``); ``step_size``: its length
+    factor (line search); ``radius``: the trust radius the next update uses; ``scale``: Moré's
+    scaling ``D``; ``rho``: the last gain ratio; ``accepted``: whether the last update moved;
+    ``stuck``: it made no trial (the proposal below the params' rounding); and the runtime
+    hyperparameters of the form in use.
+    """
 
     count: jax.Array
     damping: jax.Array
@@ -73,7 +87,8 @@ class NewtonState(NamedTuple):
     radius: jax.Array
     scale: jax.Array
     rho: jax.Array
-    trials: jax.Array
+    accepted: jax.Array
+    stuck: jax.Array
     hyperparams: dict[str, jax.Array]
 
 
@@ -117,19 +132,6 @@ def _flat_problem(grads, params, value_fn):
     x, f, to_tree = curvature.flatten(value_fn, params)
     g = ravel_pytree(grads)[0].astype(x.dtype)
     return x, g, f, to_tree, to_tree
-
-
-def _loss_change(f, x, extra, unravel):
-    """``v -> L(v) - L(x)``; for a loss built by ``jd.losses.nll`` (extras given) summed
-    example by example over the output-dependent part of the log-likelihood, so constants
-    such as ``log(2 pi)/2`` cancel exactly (see :mod:`jaxdescent.optim.least_squares`)."""
-    model_fn, likelihood, targets = (extra.get(k) for k in ("model_fn", "likelihood", "targets"))
-    if model_fn is not None and likelihood is not None and targets is not None:
-        from jaxdescent.optim.least_squares import _change
-
-        return _change(likelihood, targets, lambda v: model_fn(unravel(v)), x)
-    value = f(x)
-    return lambda v: f(v) - value
 
 
 def _finite(*arrays) -> jax.Array:
@@ -227,204 +229,229 @@ def _levenberg_direction(h, g, damping, factor, max_tries):
     return d, mu, ok
 
 
-def _trust_region_step(lam, q, g, radius, iterations: int = 50):
-    """Solve ``min_d g.d + d.H d / 2`` s.t. ``||d|| <= radius`` from ``H = Q diag(lam) Q^T``.
+def _hessian(f, x, extras, unravel) -> jax.Array:
+    """The Hessian of the loss at ``x``: the GGN matrix where it is exact (a likelihood loss
+    with canonical link and a model affine in the params, :mod:`jaxdescent._curvature`: one
+    Jacobian and one weighted product, as IRLS), else ``jax.hessian``."""
+    model_fn, likelihood, targets = (extras.get(k) for k in ("model_fn", "likelihood", "targets"))
+    if model_fn is not None and likelihood is not None and targets is not None:
 
-    The solution is ``d(mu) = -(H + mu I)^{-1} g`` with the smallest ``mu >= max(0,
-    -lam_min)`` giving ``||d|| <= radius`` (Moré and Sorensen 1983): ``mu = 0`` when ``H`` is
-    positive definite and the Newton step fits, else the root of the secular equation
-    ``1/radius - 1/||d(mu)|| = 0``, found by Newton's method from below (the function is
-    concave and increasing, so the iterates do not overshoot). In the *hard case*, where
-    ``g`` has no component along the lowest eigenvector and ``||d(-lam_min)|| < radius``, the
-    step is completed along that eigenvector to the boundary. Returns ``(d, mu, exact)``,
-    ``exact`` telling that ``(H + mu I) d = -g`` holds (not in the hard case).
-    """
-    dtype = g.dtype
-    gt = q.T @ g
-    scale = jnp.maximum(jnp.max(jnp.abs(lam)), jnp.finfo(dtype).tiny)
-    eps = jnp.finfo(dtype).eps
-    low = jnp.maximum(0.0, -lam[0])
-    # a shift that keeps lam + mu safely positive at the lower end; and since
-    # ||d(mu)|| <= ||g|| / (lam_min + mu), no root lies below ||g|| / radius - lam_max
-    floor = low + jnp.sqrt(eps) * scale * (lam[0] <= jnp.sqrt(eps) * scale)
-    floor = jnp.maximum(floor, jnp.linalg.norm(g) / radius - lam[-1])
+        def out_fn(v):
+            return model_fn(unravel(v))
 
-    def norm2(mu):
-        return jnp.sum(gt**2 / (lam + mu) ** 2)
-
-    def body(_, mu):
-        z2 = norm2(mu)
-        znorm = jnp.sqrt(z2)
-        qsum = jnp.sum(gt**2 / (lam + mu) ** 3)
-        step = (1.0 / radius - 1.0 / znorm) * znorm**3 / jnp.where(qsum > 0, qsum, 1.0)
-        moved = jnp.where(jnp.isfinite(step), mu + step, 2.0 * mu + scale)
-        return jnp.where((znorm > radius) & (qsum > 0), moved, mu)
-
-    newton_fits = (lam[0] > jnp.sqrt(eps) * scale) & (norm2(0.0) <= radius**2)
-    mu = jnp.where(newton_fits, 0.0, floor)
-    interior_hard = ~newton_fits & (norm2(floor) <= radius**2)
-    mu = jnp.where(newton_fits | interior_hard, mu, jax.lax.fori_loop(0, iterations, body, mu))
-    d = -(q @ (gt / (lam + mu)))
-    # hard case: step to the boundary along the lowest eigenvector
-    partial = jnp.where(lam + low > jnp.sqrt(eps) * scale, gt / (lam + low), 0.0)
-    d_hard = -(q @ partial)
-    tau = jnp.sqrt(jnp.maximum(radius**2 - jnp.vdot(d_hard, d_hard), 0.0))
-    direction = q[:, 0] * jnp.where(jnp.vdot(g, q[:, 0]) > 0, -1.0, 1.0)
-    d = jnp.where(interior_hard, d_hard + tau * direction, d)
-    mu = jnp.where(interior_hard, low, mu)
-    # last resort (overflow): the steepest-descent step to the boundary
-    gnorm = jnp.linalg.norm(g)
-    cauchy = -g * (radius / jnp.where(gnorm > 0, gnorm, 1.0))
-    good = _finite(d, mu)
-    exact = good & ~interior_hard  # then d solves (H + mu I) d = -g
-    return jnp.where(good, d, cauchy), jnp.where(good, mu, 0.0), exact
+        if curvature.canonical_link(likelihood, targets) and curvature.is_affine(out_fn, x):
+            return curvature.ggn(out_fn, likelihood, targets, x).gram
+    return curvature.symmetric_hessian(f, x)
 
 
-def _trust_region_update(f, x, g, h, value, state, hp, *, max_trials, change, scaled):
-    """One trust-region Newton update (Nocedal and Wright, Algorithm 4.1): trial steps with a
-    shrinking radius until one lowers the loss with gain ratio above ``eta``.
+class _Proposal(NamedTuple):
+    z: jax.Array  # the step in scaled coordinates, d = z / D
+    mu: jax.Array  # its shift, (H + mu I) z = -g in scaled coordinates
+    predicted: jax.Array  # the model's decrease -(g.z + z.H z / 2)
+    radius: jax.Array  # the radius it was solved for
+    newton_ok: jax.Array  # H is positive definite: the Newton step exists
+    newton_decrease: jax.Array  # the Newton step's own decrease, -g.z_N / 2
+
+
+def _trust_region_proposal(hs, gs, state, hp, first) -> _Proposal:
+    """The exact trust-region step for the scaled ``(H, g)``: the Cholesky factorisation of
+    ``H`` first (positive definite and the Newton step fits: done), the eigendecomposition
+    and Moré-Sorensen only otherwise (under ``lax.cond``, so a run of Newton steps never pays
+    for it)."""
+    dtype = gs.dtype
+    chol = jnp.linalg.cholesky(hs)
+    newton = -jax.scipy.linalg.cho_solve((chol, True), gs)
+    pd = tr.finite(newton) & (jnp.vdot(gs, newton) < 0)
+    length = jnp.linalg.norm(newton)
+    # the first radius (initial_radius=None is stored as 0): the Newton step's own length
+    # where H is positive definite (so a quadratic is solved in one step), else 1
+    auto = jnp.where(pd & (length > 0), length, 1.0)
+    given = hp["initial_radius"]
+    start = jnp.where(given > 0, given, auto)
+    previous = state.radius.astype(dtype)
+    radius = jnp.where(first | ~(previous > 0), start, previous)
+    zero = jnp.zeros([], dtype)
+
+    def by_cholesky():
+        return newton, zero, -0.5 * jnp.vdot(gs, newton)
+
+    def by_eigenvalues():
+        lam, q = jnp.linalg.eigh(hs)
+        ok = tr.finite(lam, q)
+        lam = jnp.where(ok, lam, 1.0)
+        q = jnp.where(ok, q, jnp.eye(gs.size, dtype=dtype))
+        return tr.more_sorensen(lam, q, gs, radius)
+
+    z, mu, predicted = jax.lax.cond(pd & (length <= radius), by_cholesky, by_eigenvalues)
+    return _Proposal(z, mu, predicted, radius, pd, -0.5 * jnp.vdot(gs, newton))
+
+
+def _trust_region_update(f, x, g, h, state, hp, change: tr.Change, *, scaled: bool):
+    """One trust-region Newton update (Nocedal and Wright, Algorithm 4.1, one trial): the
+    exact step within the radius, taken when its gain ratio is above ``eta``; the radius
+    then follows :func:`jaxdescent.optim.trust_region.next_radius`.
 
     With ``scaled`` the region is ``||D d|| <= Delta``, ``D`` the running maximum of
     ``sqrt(|diag H|)`` (Moré's scaling), so parameters of very different sizes are treated
     alike; the subproblem is solved in ``z = D d``.
     """
-    dtype = x.dtype
     first = state.count == 0
     if scaled:
-        root = jnp.sqrt(jnp.abs(jnp.diagonal(h)))
-        scale = jnp.where(first, root, jnp.maximum(state.scale.astype(dtype), root))
-        scale = jnp.where((scale > 0) & jnp.isfinite(scale), scale, 1.0)
+        scale = tr.running_scale(state.scale.astype(x.dtype), jnp.sqrt(jnp.abs(jnp.diagonal(h))),
+                                 first)  # fmt: skip
     else:
         scale = jnp.ones_like(x)
-    hs = h / jnp.outer(scale, scale)
+    hs = h / scale[:, None] / scale[None, :]
     gs = g / scale
-    lam, q = jnp.linalg.eigh(hs)
-    finite = _finite(lam, q)
-    lam = jnp.where(finite, lam, 1.0)
-    q = jnp.where(finite, q, jnp.eye(x.size, dtype=dtype))
-    # default first radius (initial_radius=None, stored as 0): the Newton step's own length
-    # where H is positive definite (so a quadratic is solved in one step), else 1
-    gt = q.T @ gs
-    newton_len = jnp.sqrt(jnp.sum(gt**2 / jnp.where(lam > 0, lam, 1.0) ** 2))
-    auto = jnp.where((lam[0] > 0) & jnp.isfinite(newton_len) & (newton_len > 0), newton_len, 1.0)
-    given = hp["initial_radius"].astype(dtype)
-    start = jnp.where(given > 0, given, auto)
-    state_radius = state.radius.astype(dtype)
-    radius0 = jnp.where(first | ~(state_radius > 0), start, state_radius)
-    eta = hp["eta"].astype(dtype)
-    gnorm2 = jnp.vdot(g, g)
-    loss_now = f(x) if value is None else jnp.asarray(value, dtype)
-    noise = 16.0 * jnp.finfo(dtype).eps * jnp.abs(loss_now)
+    prop = _trust_region_proposal(0.5 * (hs + hs.T), gs, state, hp, first)
+    d = prop.z / scale
+    size = jnp.linalg.norm(prop.z)
+    skip = tr.no_trial(size, jnp.linalg.norm(scale * x), x, d)
+    trial = x + d
 
-    def trial(radius):
-        z, mu, exact = _trust_region_step(lam, q, gs, radius)
-        d = z / scale
-        # the model's decrease; for an exact solution of (H + mu I) d = -g it equals
-        # sum (lam_i + 2 mu) zt_i^2 / 2, free of the cancellation in -(g.d + d.H d / 2)
-        zt = q.T @ z
-        predicted = jnp.where(
-            exact,
-            0.5 * jnp.sum((lam + 2.0 * mu) * zt**2),
-            -(jnp.vdot(g, d) + 0.5 * jnp.vdot(d, h @ d)),
-        )
-        actual = -change(x + d)
-        rho = actual / jnp.where(predicted > 0, predicted, 1.0)
-        ok = _finite(d) & jnp.isfinite(actual) & (predicted > 0)
-        by_ratio = ok & (actual > 0) & (rho > eta)
-        # a promised decrease within the loss's rounding (float32 near a minimum): the ratio
-        # is noise, so judge the step by the gradient instead
-        quiet = ok & (predicted <= noise)
+    def gradient_shrinks():
+        g_new = jax.grad(change.fn)(trial)
+        return tr.finite(g_new) & (jnp.vdot(g_new, g_new) < jnp.vdot(g, g))
 
-        def flat():  # a step that does not raise the loss and shrinks the gradient
-            g_new = jax.grad(f)(x + d)
-            return (actual >= 0) & (jnp.vdot(g_new, g_new) < gnorm2) & _finite(g_new)
+    actual = -change.fn(trial)
+    verdict = tr.judge(actual, prop.predicted, hp["eta"], change.size, tr.finite(d),
+                       gradient_shrinks)  # fmt: skip
+    moved = verdict.accept & ~skip
+    # the Newton step's own decrease (where H is positive definite; else the model has no
+    # minimum and the region is what limits the step)
+    too_small = tr.unmeasured(verdict, jnp.where(prop.newton_ok, prop.newton_decrease, jnp.inf))
+    radius = tr.next_radius(prop.radius, verdict.rho, size, moved, hp["max_radius"], too_small)
+    radius = jnp.where(skip, prop.radius, jnp.maximum(radius, jnp.finfo(x.dtype).tiny))
+    step = jnp.where(moved, d, 0.0)
+    return step, prop.mu, radius, verdict.rho, moved, skip, scale
 
-        maybe = ok & ~by_ratio & (quiet | (actual == 0))
-        accept = by_ratio | jax.lax.cond(maybe, flat, lambda: False)
-        return d, mu, rho, accept, jnp.linalg.norm(z), quiet
 
-    # the radius only falls this low after many rejected trials in a row; a step within it
-    # changes the scaled params by less than their rounding (eps ||D x||), so no trial is
-    # made: a run stalled at the floor of its precision costs a Hessian per step, not
-    # max_trials solves
-    floor = jnp.finfo(dtype).eps * jnp.linalg.norm(scale * x)
-
-    def cond(s):
-        return ~s[3] & (s[4] < max_trials) & (s[0] > floor)
-
-    def body(s):
-        radius, _, _, _, i, _, _ = s
-        d, mu, rho, accept, size, quiet = trial(radius)
-        on_edge = size >= 0.99 * radius
-        grown = jnp.where((rho > 0.75) & on_edge, 2.0 * radius, radius)
-        grown = jnp.where(rho < 0.25, 0.5 * size, grown)
-        # in rounding noise the ratio says nothing about the model: keep the region's size
-        grown = jnp.where(quiet, jnp.maximum(radius, radius0), grown)
-        shrunk = 0.5 * jnp.where(size > 0, size, radius)
-        next_radius = jnp.where(accept, grown, shrunk)
-        next_radius = jnp.clip(next_radius, jnp.finfo(dtype).tiny, hp["max_radius"].astype(dtype))
-        return next_radius, jnp.where(accept, d, 0.0), mu, accept, i + 1, rho, radius
-
-    start = (
-        radius0,
-        jnp.zeros_like(x),
-        jnp.zeros([], dtype),
-        jnp.zeros([], bool),
-        jnp.zeros([], jnp.int32),
-        jnp.zeros([], dtype),
-        radius0,
-    )
-    radius, step, mu, accept, trials, rho, _ = jax.lax.while_loop(cond, body, start)
-    return step, mu, radius, rho, trials, accept, scale
+def _newton_values(damping, line_search, initial_radius, max_radius, eta, damping_factor,
+                   max_damping_steps, shrink, c1, max_line_search_steps):  # fmt: skip
+    """Check :func:`newton`'s arguments, then refuse those the form ``line_search`` selects
+    does not read; returns ``(runtime values, search, max_damping_steps)``."""
+    if line_search is not None and not isinstance(line_search, bool):
+        raise TypeError(f"line_search must be None, True or False; got {line_search!r}")
+    given = {
+        "damping": damping,
+        "damping_factor": damping_factor,
+        "max_damping_steps": max_damping_steps,
+        "shrink": shrink,
+        "c1": c1,
+        "max_line_search_steps": max_line_search_steps,
+        "initial_radius": initial_radius,
+        "max_radius": max_radius,
+        "eta": eta,
+    }
+    defaults = {
+        "damping": 0.0,
+        "damping_factor": 10.0,
+        "max_damping_steps": 30,
+        "shrink": 0.5,
+        "c1": 1e-4,
+        "max_line_search_steps": 50,
+        "max_radius": 1e10,
+        "eta": 1e-4,
+    }
+    v = {k: defaults.get(k) if x is None else x for k, x in given.items()}
+    # every value given is checked against its range first, whatever the form
+    check_nonnegative("damping", v["damping"])
+    check_real("damping_factor", v["damping_factor"])
+    tr.check_bound("damping_factor", v["damping_factor"], 1.0, below=False, strict=True,
+                   expected="> 1")  # fmt: skip
+    tries = check_int("max_damping_steps", v["max_damping_steps"], minimum=1)
+    search = _check_search(True, v["shrink"], v["c1"], v["max_line_search_steps"])
+    if initial_radius is not None:
+        check_positive("initial_radius", initial_radius)
+    check_positive("max_radius", v["max_radius"])
+    check_nonnegative("eta", v["eta"])
+    tr.check_bound("eta", v["eta"], 0.25, below=True, strict=True, expected="in [0, 0.25)")
+    if line_search is None:
+        unread = ("damping", "damping_factor", "max_damping_steps", "shrink", "c1",
+                  "max_line_search_steps")  # fmt: skip
+        form = "the trust-region form (line_search=None)"
+    else:
+        unread = ("initial_radius", "max_radius", "eta")
+        if line_search is False:
+            unread += ("shrink", "c1", "max_line_search_steps")
+        form = f"line_search={line_search}"
+    for name in unread:
+        if given[name] is not None:
+            raise ValueError(
+                f"{name} is not read by {form} of newton; got {name}={given[name]!r} (each "
+                "form of newton reads only its own arguments; see its docstring)"
+            )
+    if line_search is None:
+        values = {
+            "initial_radius": 0.0 if initial_radius is None else initial_radius,
+            "max_radius": v["max_radius"],
+            "eta": v["eta"],
+        }
+        return values, None, 1
+    values = {"damping": v["damping"], "damping_factor": v["damping_factor"]}
+    if not line_search:
+        return values, None, tries
+    values.update(shrink=v["shrink"], c1=v["c1"])
+    return values, search, tries
 
 
 def newton(
-    damping: float = 0.0,
+    damping: float | None = None,
     line_search: bool | None = None,
     *,
     initial_radius: float | None = None,
-    max_radius: float = 1e10,
-    eta: float = 1e-4,
-    max_trials: int = 50,
+    max_radius: float | None = None,
+    eta: float | None = None,
     scaled: bool = True,
-    damping_factor: float = 10.0,
-    max_damping_steps: int = 30,
-    shrink: float = 0.5,
-    c1: float = 1e-4,
-    max_line_search_steps: int = 50,
+    damping_factor: float | None = None,
+    max_damping_steps: int | None = None,
+    shrink: float | None = None,
+    c1: float | None = None,
+    max_line_search_steps: int | None = None,
 ) -> optax.GradientTransformationExtraArgs:
     r"""Newton's method with the exact Hessian: trust region (default), line search, textbook.
 
     The model of the loss around ``theta`` is its second-order Taylor expansion
     ``m(d) = L + g^T d + d^T H d / 2``, with ``H = jax.hessian`` of ``value_fn`` on the
-    flattened params (``ravel_pytree``). Three ways to use it:
+    flattened params (``ravel_pytree``). For a likelihood loss whose Hessian is the Fisher
+    information (``jd.losses.nll`` with a canonical link, Bernoulli-logit, Poisson-log,
+    Categorical with integer labels or a fixed-scale Gaussian, and a model affine in the
+    params, read from its jaxpr: a GLM), ``H`` is formed as ``J^T F J / n`` instead, at
+    Gauss-Newton's cost. Three ways to use it:
 
     - **Trust region** (``line_search=None``, the default): minimise ``m`` within a ball,
 
       .. math::
-         d = \arg\min_{\|d\| \le \Delta} m(d) = -(H + \mu I)^{-1} g, \qquad
+         d = \arg\min_{\|D d\| \le \Delta} m(d) = -(H + \mu D^2)^{-1} g, \qquad
          \rho = \frac{L(\theta) - L(\theta + d)}{m(0) - m(d)},
 
-      solved exactly from the eigendecomposition ``H = Q \Lambda Q^T`` (the smallest
-      ``mu >= max(0, -lambda_min)`` with ``||d|| <= Delta``, Moré and Sorensen's secular
-      equation, hard case included), so negative curvature is *used*, not just avoided. The
-      step is taken only if ``rho > eta`` and the loss goes down; ``Delta`` grows (doubles)
-      after a good step on the boundary, shrinks to ``||d|| / 4`` after a poor one, and
-      rejected steps are retried with a smaller ball, up to ``max_trials`` per update. **A
-      step that raises the loss is never taken.** (In floating point close to a minimum,
-      where the loss change is below rounding, a step that leaves the loss unchanged and
-      shrinks the gradient is taken.) Once ``Delta`` is below the rounding of the params,
-      ``eps ||D theta||``, no trial is made: from there no update can move the params, and
-      :func:`jaxdescent.fit` ends a full-batch run ``STALLED``. (With a line search, a run
-      ends ``STALLED`` when the search found no step: the next update would repeat it.)
+      solved exactly: a Cholesky factorisation of the scaled ``H`` gives the Newton step
+      when ``H`` is positive definite and the step fits; otherwise the eigendecomposition
+      gives the smallest ``mu >= max(0, -lambda_min)`` with ``||D d|| <= Delta`` (Moré and
+      Sorensen's secular equation, hard case included), so negative curvature is *used*, not
+      just avoided. Each update makes **one proposal**, taken only if ``rho > eta`` and the loss
+      goes down; ``Delta`` doubles after a good step on the boundary (``rho > 3/4``) and shrinks to
+      ``||D d|| / 4`` after a poor or rejected one (``rho < 1/4``; Nocedal and Wright's Algorithm
+      4.1). A rejected proposal is an update of its own (zero); the next one solves for the smaller
+      region. **A step that raises the loss beyond its rounding is never taken.** (Where the
+      promised decrease is within the loss's rounding, the ratio is noise and is not read: a step
+      that keeps the loss within its rounding and shrinks the gradient is taken; a region too small
+      to measure a step in grows.) Once the step cannot change the params (``theta + d == theta``),
+      no trial is made: from there no update can move the params, and :func:`jaxdescent.fit` ends a
+      full-batch run ``STALLED``. ``D`` is Moré's scaling, the running maximum of ``sqrt(|diag
+      H|)`` (``scaled=True``), or ``I``.
     - **Line search** (``line_search=True``): ``(H + mu I) d = -g`` by Cholesky with Levenberg
       damping ``mu`` raised from ``damping`` until ``H + mu I`` is positive definite, then
       Armijo backtracking on ``value_fn`` from the full step (Nocedal and Wright's
-      Algorithm 3.1), falling back to a searched gradient step.
+      Algorithm 3.1), falling back to a searched gradient step. A run ends ``STALLED`` when
+      the search found no step: the next update would repeat it.
     - **Textbook** (``damping=0.0, line_search=False``): ``theta - H^{-1} g`` by a plain linear
       solve, with no safeguard: on an indefinite Hessian it steps to the saddle point or
       maximum of the quadratic model, which is why the safeguards exist. With
       ``damping > 0`` and ``line_search=False`` the Levenberg-damped step is taken in full.
+
+    Each form reads its own arguments and refuses the others' (``newton(damping=0.1)`` is
+    an error: the trust region has no damping to set).
 
     No learning rate is needed: near a minimum the full Newton step is accepted and
     convergence is quadratic. The Hessian costs ``n^2`` memory and its factorisation ``n^3``
@@ -433,22 +460,23 @@ def newton(
     update is never non-finite from finite inputs.
 
     Args:
-      damping: Levenberg damping ``mu >= 0`` (line-search and textbook forms; runtime).
+      damping: Levenberg damping ``mu >= 0`` (line-search and textbook forms, default 0;
+        runtime).
       line_search: ``None`` for the trust region, ``True`` for the line search, ``False`` for
         full steps.
       initial_radius: the first trust radius ``Delta_0 > 0`` (runtime); ``None``: the length
         of the first Newton step when ``H`` is positive definite there (so a quadratic is
         solved in one step), else 1.
-      max_radius: the largest trust radius (runtime).
-      eta: the smallest gain ratio accepted, in ``[0, 1/4)`` (runtime).
-      max_trials: most trial steps per trust-region update.
-      scaled: measure the trust region as ``||D d||`` with ``D`` the running maximum of
-        ``sqrt(|diag H|)`` (Moré's scaling), so parameters of very different magnitudes are
-        stepped alike; ``False``: the plain ball ``||d||``.
-      damping_factor: factor (``> 1``) by which ``mu`` grows after a failed factorisation.
-      max_damping_steps: most damping increases per update.
-      shrink, c1, max_line_search_steps: the line search's step factor in ``(0, 1)``,
-        sufficient-decrease constant in ``(0, 1)`` and most trial steps.
+      max_radius: the largest trust radius (default 1e10, runtime).
+      eta: the smallest gain ratio accepted, in ``[0, 1/4)`` (default 1e-4, runtime).
+      scaled: measure the trust region as ``||D d||`` with Moré's scaling; ``False``: the
+        plain ball ``||d||``.
+      damping_factor: factor (``> 1``, default 10) by which ``mu`` grows after a failed
+        factorisation (line-search and textbook forms).
+      max_damping_steps: most damping increases per update (default 30).
+      shrink, c1, max_line_search_steps: the line search's step factor in ``(0, 1)``
+        (default 0.5), sufficient-decrease constant in ``(0, 1)`` (1e-4) and most trial
+        steps (50).
 
     Returns:
       An optax transformation with state :class:`NewtonState`.
@@ -467,44 +495,26 @@ def newton(
       *Trust-Region Methods*, SIAM, 2000. Levenberg, *A method for the solution of certain
       non-linear problems in least squares*, Quarterly of Applied Mathematics, 1944.
     """
-    check_nonnegative("damping", damping)
-    if line_search is not None and not isinstance(line_search, bool):
-        raise TypeError(f"line_search must be None, True or False; got {line_search!r}")
-    check_real("damping_factor", damping_factor)
-    if float(damping_factor) <= 1.0:
-        raise ValueError(f"damping_factor must be > 1; got {damping_factor!r}")
-    max_damping_steps = check_int("max_damping_steps", max_damping_steps, minimum=1)
-    if initial_radius is not None:
-        check_positive("initial_radius", initial_radius)
-    check_positive("max_radius", max_radius)
-    check_nonnegative("eta", eta)
-    if float(eta) >= 0.25:
-        raise ValueError(f"eta must be in [0, 0.25); got {eta!r}")
-    max_trials = check_int("max_trials", max_trials, minimum=1)
-    if not isinstance(scaled, bool):
-        raise TypeError(f"scaled must be True or False; got {scaled!r}")
-    search = _check_search(bool(line_search), shrink, c1, max_line_search_steps)
-    values = {
-        "damping": damping,
-        "damping_factor": damping_factor,
-        "initial_radius": 0.0 if initial_radius is None else initial_radius,
-        "max_radius": max_radius,
-        "eta": eta,
-        "shrink": shrink,
-        "c1": c1,
-    }
+    scaled = check_flag("scaled", scaled)
+    values, search, max_damping_steps = _newton_values(
+        damping, line_search, initial_radius, max_radius, eta, damping_factor,
+        max_damping_steps, shrink, c1, max_line_search_steps,
+    )  # fmt: skip
 
+    @shape_only
     def init(params):
         dtype = curvature.work_dtype(tree_dtype(params))
+        size = int(sum(np.size(leaf) for leaf in jax.tree.leaves(params)))
         return NewtonState(
-            count=jnp.zeros([], jnp.int32),
-            damping=jnp.asarray(damping, dtype),
-            step_size=jnp.zeros([], dtype),
-            radius=jnp.zeros([], dtype),
-            scale=jnp.zeros([ravel_pytree(params)[0].size], dtype),
-            rho=jnp.zeros([], dtype),
-            trials=jnp.zeros([], jnp.int32),
-            hyperparams={k: jnp.asarray(v, dtype) for k, v in values.items()},
+            count=zero_count(),
+            damping=_const((), 0.0, dtype),
+            step_size=_const((), 0.0, dtype),
+            radius=_const((), 0.0, dtype),
+            scale=_const((size,), 0.0, dtype),
+            rho=_const((), 0.0, dtype),
+            accepted=_const((), False, bool),
+            stuck=_const((), False, bool),
+            hyperparams=initial_hyperparams(values, params),
         )
 
     def update(grads, state, params=None, *, value_fn=None, value=None, grad=None, **extra):
@@ -514,16 +524,15 @@ def newton(
         _check_params("newton", grads, params)
         x, g, f, unravel, back = _flat_problem(grads, params, value_fn)
         hp = {k: v.astype(x.dtype) for k, v in state.hyperparams.items()}
-        h = curvature.symmetric_hessian(f, x)
+        h = _hessian(f, x, extra, unravel)
         radius, rho = state.radius.astype(x.dtype), jnp.zeros([], x.dtype)
-        trials, scale = jnp.zeros([], jnp.int32), state.scale
+        scale, stuck = state.scale, jnp.zeros([], bool)
         if line_search is None:
-            change = _loss_change(f, x, extra, unravel)
-            step, mu, radius, rho, trials, accepted, scale = _trust_region_update(
-                f, x, g, h, value, state, hp,
-                max_trials=max_trials, change=change, scaled=scaled,
-            )  # fmt: skip
-            t = accepted.astype(x.dtype)
+            change = tr.loss_change(f, x, extra, unravel, value)
+            step, mu, radius, rho, moved, stuck, scale = _trust_region_update(
+                f, x, g, h, state, hp, change, scaled=scaled
+            )
+            t = moved.astype(x.dtype)
         else:
             d, mu, ok = _levenberg_direction(
                 h, g, hp["damping"], hp["damping_factor"], max_damping_steps
@@ -537,6 +546,7 @@ def newton(
             d = jnp.where(ok, d, -g)
             sch = None if search is None else search._replace(shrink=hp["shrink"], c1=hp["c1"])
             step, t = _step_with_fallback(f, x, d, g, value, sch)
+            moved = t > 0
         step = jnp.where(_finite(step), step, jnp.zeros_like(step))
         new_state = NewtonState(
             count=increment(state.count),
@@ -545,15 +555,27 @@ def newton(
             radius=radius.astype(state.radius.dtype),
             scale=scale.astype(state.scale.dtype),
             rho=rho.astype(state.rho.dtype),
-            trials=trials,
+            accepted=moved,
+            stuck=stuck,
             hyperparams=state.hyperparams,
         )
         return back(step), new_state
 
     # the trust region stalls when no trial is made, the line search when it finds no step;
     # the textbook step always moves
-    stalled = no_trial_made if line_search is None else no_step_taken if line_search else None
+    stalled = _stuck if line_search is None else no_step_taken if line_search else None
     return curvature_rule(init, update, stalled=stalled)
+
+
+def _stuck(state) -> jax.Array:
+    """The trust region's stall test: the last update made no trial
+    (:func:`jaxdescent.optim.trust_region.no_trial`) and left the state as it was."""
+    return (state.count > 0) & state.stuck
+
+
+def _const(shape: tuple[int, ...], value, dtype) -> jax.Array:
+    """A constant state leaf, made on the host (:func:`jaxdescent.optim._common.full_like`)."""
+    return full_like(np.zeros(shape, dtype), value)
 
 
 def saddle_free_newton(
@@ -600,7 +622,8 @@ def saddle_free_newton(
     """
     check_positive("damping", damping)
     search = _check_search(line_search, shrink, c1, max_line_search_steps)
-    values = {"damping": damping, "shrink": shrink, "c1": c1}
+    # the line search's values are runtime state only where a search reads them
+    values = {"damping": damping, **({"shrink": shrink, "c1": c1} if search else {})}
 
     def init(params):
         dtype = curvature.work_dtype(tree_dtype(params))
@@ -632,68 +655,6 @@ def saddle_free_newton(
         return back(step), new_state
 
     return curvature_rule(init, update, stalled=no_step_taken if search else None)
-
-
-def _steihaug_cg(hvp, g, *, max_steps, tol, damping):
-    """Truncated CG on ``(H + damping I) d = -g`` over pytrees; returns ``(d, iterations)``.
-
-    Stops when the residual norm falls below ``tol``, after ``max_steps`` iterations, or on
-    a direction of non-positive curvature: then it returns the current iterate, or the
-    steepest-descent direction ``-g`` if that happens on the first iteration (Nocedal and
-    Wright, Algorithm 7.1).
-    """
-    dtype = tree_dtype(g)
-
-    def mat(v):
-        return tree_axpy(damping, v, hvp(v))
-
-    zeros = jax.tree.map(jnp.zeros_like, g)
-    neg_g = jax.tree.map(jnp.negative, g)
-    rr0 = tree_vdot(g, g).astype(dtype)
-
-    # state: (j, z, r, p, rr, done, use_gradient)
-    def cond(state):
-        j, *_, done, _ = state
-        return ~done & (j < max_steps)
-
-    def body(state):
-        j, z, r, p, rr, _, _ = state
-        hp = mat(p)
-        curvature = tree_vdot(p, hp).astype(dtype)
-        negative = ~(curvature > 0)  # also catches NaN
-        alpha = jnp.where(negative, 0.0, rr / jnp.where(negative, 1.0, curvature))
-        z_new = tree_axpy(alpha, p, z)
-        r_new = tree_axpy(alpha, hp, r)
-        rr_new = tree_vdot(r_new, r_new).astype(dtype)
-        converged = jnp.sqrt(rr_new) <= tol
-        beta = rr_new / jnp.where(rr > 0, rr, 1.0)
-        p_new = tree_axpy(beta, p, jax.tree.map(jnp.negative, r_new))
-
-        def keep(new, old):
-            return jax.tree.map(lambda a, b: jnp.where(negative, b, a), new, old)
-
-        return (
-            j + 1,
-            keep(z_new, z),
-            keep(r_new, r),
-            keep(p_new, p),
-            jnp.where(negative, rr, rr_new),
-            negative | converged,
-            negative & (j == 0),
-        )
-
-    start = (
-        jnp.zeros([], jnp.int32),
-        zeros,
-        g,
-        neg_g,
-        rr0,
-        jnp.sqrt(rr0) <= tol,
-        jnp.zeros([], bool),
-    )
-    j, z, *_, use_gradient = jax.lax.while_loop(cond, body, start)
-    d = jax.tree.map(lambda a, b: jnp.where(use_gradient, b, a), z, neg_g)
-    return d, j
 
 
 def newton_cg(
@@ -751,11 +712,13 @@ def newton_cg(
     """
     max_cg_steps = check_int("max_cg_steps", max_cg_steps, minimum=1)
     check_real("cg_tol", cg_tol)
-    if not 0.0 < float(cg_tol) <= 1.0:
-        raise ValueError(f"cg_tol must be in (0, 1]; got {cg_tol!r}")
+    check_real("cg_tol", cg_tol)
+    tr.check_bound("cg_tol", cg_tol, 0.0, below=False, strict=True, expected="in (0, 1]")
+    tr.check_bound("cg_tol", cg_tol, 1.0, below=True, strict=False, expected="in (0, 1]")
     check_nonnegative("damping", damping)
     search = _check_search(line_search, shrink, c1, max_line_search_steps)
-    values = {"cg_tol": cg_tol, "damping": damping, "shrink": shrink, "c1": c1}
+    values = {"cg_tol": cg_tol, "damping": damping}
+    values.update({"shrink": shrink, "c1": c1} if search else {})
 
     def init(params):
         dtype = tree_dtype(params)
@@ -777,9 +740,13 @@ def newton_cg(
         hp = {k: v.astype(dtype) for k, v in state.hyperparams.items()}
         gnorm = jnp.sqrt(tree_vdot(grads, grads)).astype(dtype)
         tol = jnp.minimum(hp["cg_tol"], jnp.sqrt(gnorm)) * gnorm
-        d, cg_steps = _steihaug_cg(
-            hvp, grads, max_steps=max_cg_steps, tol=tol, damping=hp["damping"]
+        neg_g = jax.tree.map(jnp.negative, grads)
+        sol = conjugate_gradient(
+            lambda v: tree_axpy(hp["damping"], v, hvp(v)), neg_g, max_steps=max_cg_steps, tol=tol
         )
+        # Steihaug: negative curvature on the first direction leaves the gradient step
+        d = jax.tree.map(lambda a, b: jnp.where(sol.at_once, b, a), sol.x, neg_g)
+        cg_steps = sol.iterations
         ok = _finite(*jax.tree.leaves(d))
         d = jax.tree.map(lambda a, g: jnp.where(ok, a, -g), d, grads)
         sch = None if search is None else search._replace(shrink=hp["shrink"], c1=hp["c1"])
