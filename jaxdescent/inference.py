@@ -83,7 +83,6 @@ from jaxdescent._checks import check_choice, check_float_tree, check_positive
 from jaxdescent._engine.cache import cached, owner_ref
 from jaxdescent.likelihoods import Bernoulli, Categorical, Gaussian, Laplace, Poisson
 from jaxdescent.losses import NLL
-from jaxdescent.optim.least_squares import _curvature
 
 __all__ = [
     "Flag",
@@ -254,10 +253,8 @@ def _information(loss_ref: Callable, method: str) -> Callable:
 
         grad = jax.grad(total)(flat)
         if method == "fisher":
-            c = _curvature(
-                params, unravel(grad), lambda p: loss.apply(p, x), loss.likelihood, y, True
-            )
-            return n * c.dense, grad, None
+            gram = curvature.ggn_dense(lambda p: loss.apply(p, x), loss.likelihood, y, params)
+            return n * gram, grad, None
         info = curvature.symmetric_hessian(total, flat)
         scores = None
         if method == "sandwich":

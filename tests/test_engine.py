@@ -263,11 +263,11 @@ def test_fresh_equal_optimizers_reuse_the_compiled_loop():
         for lr in (2e-3, 5e-3):
             jd.fit(f, x0, jd.optim.adam(lr), steps=20)  # another value, same program
         jd.fit(f, x0, optax.adam(3e-3), steps=20)  # an equal fresh optax rule
-        jd.fit(f, x0, jd.optim.newton(damping=0.5), steps=3)
-        jd.fit(f, x0, jd.optim.newton(damping=0.7), steps=3)
+        jd.fit(f, x0, jd.optim.newton(damping=0.5, line_search=True), steps=3)
+        jd.fit(f, x0, jd.optim.newton(damping=0.7, line_search=True), steps=3)
     assert c.count <= 4, c.count  # newton's first call compiles; nothing else does
     with Compiles() as c:
-        jd.fit(f, x0, jd.optim.newton(damping=0.9), steps=3)
+        jd.fit(f, x0, jd.optim.newton(damping=0.9, line_search=True), steps=3)
     assert c.count == 0
 
 

@@ -213,6 +213,13 @@ class Checked(NamedTuple):
         return {name: state_value(value, dtype) for name, value in values.items()}
 
 
+def initial_hyperparams(runtime: Mapping[str, Any], params: Any) -> dict[str, jax.Array]:
+    """``state.hyperparams`` at ``init`` for checked runtime values: each as a scalar array of
+    :func:`hyperparam_dtype` (:meth:`Checked.init` without a table)."""
+    dtype = hyperparam_dtype(params)
+    return {name: state_value(value, dtype) for name, value in runtime.items()}
+
+
 def _real(value: Any) -> Any:
     """The real part of a complex value (``optax.inject_hyperparams`` casts hyperparameters
     to complex for complex params); anything else as it is."""

@@ -59,12 +59,12 @@ from jaxdescent.optim._common import (
     curvature_rule,
     full_like,
     increment,
-    initial_hyperparams,
     no_step_taken,
     shape_only,
     zero_count,
 )
 from jaxdescent.optim.cg import conjugate_gradient
+from jaxdescent.optim.hyperparams import initial_hyperparams
 from jaxdescent.optim.line_search import armijo_step, check_line_search, missing_value_fn
 
 __all__ = [
@@ -790,14 +790,3 @@ def _next_radius(radius, rho, size, moved, undamped, proposal, undamped_norm) ->
     grown = jnp.where(good, grown, radius)
     grown = jnp.where(rho < tr.POOR, jnp.minimum(0.5 * radius, size), grown)
     return jnp.where(moved, grown, tr.SHRINK * size)
-
-
-def _curvature(params, grads, model_fn, likelihood, targets, dense: bool = True):
-    """The dense GGN in the form :mod:`jaxdescent.inference` reads (``.dense``); new code
-    calls :func:`jaxdescent._curvature.ggn_dense`."""
-    del grads, dense
-    return _DenseGGN(curvature.ggn_dense(model_fn, likelihood, targets, params))
-
-
-class _DenseGGN(NamedTuple):
-    dense: jax.Array

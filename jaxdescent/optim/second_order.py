@@ -46,12 +46,12 @@ from jaxdescent.optim._common import (
     curvature_rule,
     full_like,
     increment,
-    initial_hyperparams,
     no_step_taken,
     shape_only,
     zero_count,
 )
 from jaxdescent.optim.cg import conjugate_gradient
+from jaxdescent.optim.hyperparams import initial_hyperparams
 from jaxdescent.optim.line_search import (
     armijo_step,
     check_line_search,
