@@ -83,6 +83,7 @@ from jaxdescent._checks import check_choice, check_float_tree, check_positive
 from jaxdescent._engine.cache import cached, owner_ref
 from jaxdescent.likelihoods import Bernoulli, Categorical, Gaussian, Laplace, Poisson
 from jaxdescent.losses import NLL
+from jaxdescent.optim.linear_solve import after
 
 __all__ = [
     "Flag",
@@ -339,6 +340,8 @@ def _divergence(
     columns = jac.T.reshape((p, *out.shape))
     fj = jax.vmap(lambda c: likelihood.fisher_vp(b.limit, c, y))(columns)
     rest = (fj.reshape(p, -1) @ jac) / jnp.outer(root, root)
+    # after the information's eigendecomposition, not beside it (linear_solve.after)
+    rest = after(rest, lam)
     lam_rest, vec_rest = jnp.linalg.eigh(0.5 * (rest + rest.T))
     null = lam_rest <= tol
     # the Newton step (its near-null directions capped at 1/tol), projected on that null space

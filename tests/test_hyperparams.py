@@ -21,7 +21,8 @@ from jaxdescent.optim import hyperparams as hpm
 optim = jd.optim
 
 # each table with its factory and keyword arguments that turn every option on (so the state
-# holds every runtime value)
+# holds every runtime value); a rule of several forms appears once per form, with the entries
+# that form reads (FORMS: the others are refused by the factory, not by the table)
 RULES = {
     "sgd": (hpm.SGD, optim.sgd, {"learning_rate": 0.1}),
     "momentum": (hpm.MOMENTUM, optim.momentum, {"learning_rate": 0.1}),
@@ -35,11 +36,33 @@ RULES = {
         {},
     ),
     "newton": (hpm.NEWTON, optim.newton, {"initial_radius": 1.0}),
+    "newton_line_search": (hpm.NEWTON, optim.newton, {"line_search": True}),
+    "newton_textbook": (hpm.NEWTON, optim.newton, {"line_search": False}),
     "saddle_free_newton": (hpm.SADDLE_FREE_NEWTON, optim.saddle_free_newton, {}),
     "newton_cg": (hpm.NEWTON_CG, optim.newton_cg, {}),
-    "gauss_newton": (hpm.GAUSS_NEWTON, optim.gauss_newton, {}),
-    "levenberg_marquardt": (hpm.LEVENBERG_MARQUARDT, optim.levenberg_marquardt, {}),
+    "gauss_newton": (
+        hpm.GAUSS_NEWTON,
+        optim.gauss_newton,
+        {"line_search": True, "solver": "cg"},
+    ),
+    "levenberg_marquardt": (
+        hpm.LEVENBERG_MARQUARDT,
+        optim.levenberg_marquardt,
+        {"solver": "cg"},
+    ),
 }
+_NEWTON_SEARCH = {"damping", "damping_factor", "max_damping_steps"}
+FORMS = {
+    "newton": {"initial_radius", "max_radius", "eta"},
+    "newton_line_search": _NEWTON_SEARCH | {"shrink", "c1", "max_line_search_steps"},
+    "newton_textbook": _NEWTON_SEARCH,
+}
+
+
+def _entries(rule):
+    """The entries of ``rule``'s table that its form reads."""
+    table = RULES[rule][0]
+    return [e for e in table.entries if e.name in FORMS.get(rule, {e.name})]
 PARAMS = {"w": jnp.linspace(-1.0, 1.0, 6).reshape(2, 3), "b": jnp.array([0.5, -0.25])}
 
 REALS = [-1.0, -1e-9, 0.0, 1e-9, 0.1, 0.2499, 0.25, 0.5, 0.999, 1.0, 1.0 + 1e-9, 1.5, 10.0]
@@ -88,14 +111,17 @@ def test_each_table_refuses_what_its_factory_refuses(rule):
     second-order factories do their own checks: this holds the tables to them."""
     table, factory, base = RULES[rule]
     defaults = {n: d for n, d in _number_defaults(factory).items() if table.get(n)}
-    for entry in table.entries:
+    if rule in FORMS:  # newton's defaults are None: the form's unread ones stay so
+        defaults = {n: None for n in defaults}
+    for entry in _entries(rule):
         values = INTEGERS if entry.integer else REALS
         for value in values:
             kwargs = {**defaults, **base, entry.name: value}
             if entry.name == "learning_rate" or "learning_rate" in base:
                 kwargs.setdefault("learning_rate", 0.1)
             got = _outcome(lambda v, kw=kwargs: factory(**kw), value)
-            want = _outcome(lambda v, kw=kwargs: table.check(**kw), value)
+            entries = {n: x for n, x in kwargs.items() if table.get(n)}  # not the form's
+            want = _outcome(lambda v, kw=entries: table.check(**kw), value)
             assert got == want, (rule, entry.name, value, got, want)
             if entry.runtime and value is not None and not isinstance(value, str):
                 sweep = _outcome(lambda v, e=entry: hpm.check_sweep(table, e.name, v), value)
@@ -109,11 +135,11 @@ def test_states_hold_the_tables_runtime_values_in_one_dtype(rule):
     holder = next(h for h in hpm.find_hyperparams(state) if h.path == ())
     assert hpm.table_for(state) is (hpm.ADAMW if table is hpm.ADAM else table)
     assert holder.table is hpm.table_for(state)
-    assert set(state.hyperparams) == set(table.runtime_names), rule
+    assert set(state.hyperparams) == {e.name for e in _entries(rule) if e.runtime}, rule
     if rule in ("sgd", "momentum", "adagrad", "rmsprop", "adam", "adamw"):
         assert {v.dtype for v in state.hyperparams.values()} == {jnp.dtype(jnp.float32)}
     # a value is refused with its rule's words
-    entry = next(e for e in table.entries if e.runtime)
+    entry = next(e for e in _entries(rule) if e.runtime)
     with pytest.raises(ValueError, match=rf"hyperparams\['{entry.name}'\] must be"):
         hpm.check_sweep(table, entry.name, np.array([np.nan]))
 
@@ -195,9 +221,11 @@ def _lsq_step(opt):
     return step
 
 
+# rules with integer arguments whose defaults are integers (optax.inject_hyperparams makes
+# them integer arrays); gauss_newton's and levenberg_marquardt's default to None (static)
 INTEGER_RULES = [
-    pytest.param(optim.gauss_newton, ("max_cg_steps", "max_line_search_steps"), id="gauss_newton"),
-    pytest.param(optim.levenberg_marquardt, ("max_trials", "max_cg_steps"), id="lm"),
+    pytest.param(optim.saddle_free_newton, ("max_line_search_steps",), id="saddle_free_newton"),
+    pytest.param(optim.newton_cg, ("max_cg_steps", "max_line_search_steps"), id="newton_cg"),
 ]
 
 
@@ -220,17 +248,9 @@ def test_inject_hyperparams_of_rules_with_integer_arguments(rule, integers):
 @pytest.mark.parametrize(
     ("rule", "integers"),
     [
-        INTEGER_RULES[0],
-        pytest.param(
-            *INTEGER_RULES[1].values,
-            id="lm",
-            marks=pytest.mark.xfail(
-                strict=True,
-                raises=jax.errors.ConcretizationTypeError,
-                reason="levenberg_marquardt's factory reads float(eta), which a traced eta "
-                "cannot give; its check by the LEVENBERG_MARQUARDT table accepts it",
-            ),
-        ),
+        *INTEGER_RULES,
+        pytest.param(optim.gauss_newton, (), id="gauss_newton"),
+        pytest.param(optim.levenberg_marquardt, (), id="lm"),
     ],
 )
 def test_inject_hyperparams_with_static_integers_runs_jitted(rule, integers):
@@ -250,7 +270,9 @@ def test_inject_hyperparams_values_are_checked_by_the_table():
         optim.newton(eta=0.5)
     with pytest.raises(ValueError, match=r"hyperparams\['eta'\] must be in \[0, 0.25\)"):
         hpm.check_sweep(hpm.NEWTON, "eta", np.array([0.1, 0.5]))
-    hpm.check_sweep(hpm.LEVENBERG_MARQUARDT, "eta", np.array([0.1, 0.5]))
+    hpm.check_sweep(hpm.LEVENBERG_MARQUARDT, "eta", np.array([0.1, 0.2]))
+    with pytest.raises(ValueError, match=r"hyperparams\['cg_tol'\] must be in \(0, 1\]"):
+        hpm.check_sweep(hpm.GAUSS_NEWTON, "cg_tol", np.array([0.1, 1.5]))
     # a complex value with no imaginary part (inject_hyperparams for complex params) is real
     opt = optax.inject_hyperparams(optim.adam)(learning_rate=0.1)
     z = jnp.ones(2, jnp.complex64)
@@ -355,9 +377,9 @@ def test_inject_sets_the_copy_inside_inject_hyperparams_and_refuses_what_cannot_
         hpm.inject(state, {"initial_scale": lrs}, 3)  # only init reads it
     with pytest.raises(ValueError, match=r"hyperparams\['momentum'\] must be in \[0, 1\)"):
         hpm.inject(state, {"momentum": np.array([0.1, 0.2, 1.0])}, 3)
-    lm = optax.inject_hyperparams(optim.levenberg_marquardt)()
+    lm = optax.inject_hyperparams(optim.levenberg_marquardt)(max_cg_steps=5)
     with pytest.raises(ValueError, match="static option of levenberg_marquardt"):
-        hpm.inject(_stacked(lm, jnp.ones(2), 3), {"max_trials": np.array([1, 2, 3])}, 3)
+        hpm.inject(_stacked(lm, jnp.ones(2), 3), {"max_cg_steps": np.array([1, 2, 3])}, 3)
     # a rule built with an array keeps it fixed in update: sweeping it is refused
     pinned = optim.sgd(jnp.asarray(0.1))
     with pytest.raises(ValueError, match="given to this rule as a JAX array"):

@@ -381,9 +381,11 @@ def _open_unit(name: str, **kw: Any) -> Hyperparam:
     return Hyperparam(name, lambda v: (v > 0) & (v < 1), "in (0, 1)", **kw)
 
 
-def _count(name: str, minimum: int = 1) -> Hyperparam:
+def _count(name: str, minimum: int = 1, **kw: Any) -> Hyperparam:
     """A static integer such as a loop bound."""
-    return Hyperparam(name, lambda v: v >= minimum, f">= {minimum}", integer=True, runtime=False)
+    return Hyperparam(
+        name, lambda v: v >= minimum, f">= {minimum}", integer=True, runtime=False, **kw
+    )
 
 
 _LEARNING_RATE = _nonnegative("learning_rate", schedule=True)
@@ -427,20 +429,36 @@ BACKTRACKING_LINE_SEARCH = Table(
     ("jaxdescent.optim.line_search.BacktrackingLineSearchState",),
 )
 
-# the second-order rules, as their factories check them
+# the second-order rules, as their factories check them (a factory checks every value given
+# by its table first, then refuses the values its form or solver does not read); ``None``
+# takes the form's default
+_QUARTER = "in [0, 0.25)"
+_CG_TOL = "in (0, 1]"
+
+
+def _eta(**kw: Any) -> Hyperparam:
+    return Hyperparam("eta", lambda v: (v >= 0) & (v < 0.25), _QUARTER, **kw)
+
+
+def _cg_tol(**kw: Any) -> Hyperparam:
+    return Hyperparam("cg_tol", lambda v: (v > 0) & (v <= 1), _CG_TOL, **kw)
+
+
+_SEARCH_OR_NONE = (
+    _open_unit("shrink", optional=True),
+    _open_unit("c1", optional=True),
+    _count("max_line_search_steps", optional=True),
+)
 NEWTON = Table(
     "newton",
     (
-        _nonnegative("damping"),
+        _nonnegative("damping", optional=True),
         _positive("initial_radius", optional=True),
-        _positive("max_radius"),
-        Hyperparam("eta", lambda v: (v >= 0) & (v < 0.25), "in [0, 0.25)"),
-        _count("max_trials"),
-        Hyperparam("damping_factor", lambda v: v > 1, "> 1 and finite"),
-        _count("max_damping_steps"),
-        _SHRINK,
-        _C1,
-        _count("max_line_search_steps"),
+        _positive("max_radius", optional=True),
+        _eta(optional=True),
+        Hyperparam("damping_factor", lambda v: v > 1, "> 1 and finite", optional=True),
+        _count("max_damping_steps", optional=True),
+        *_SEARCH_OR_NONE,
     ),
     (_SECOND + "NewtonState",),
 )
@@ -453,7 +471,7 @@ NEWTON_CG = Table(
     "newton_cg",
     (
         _count("max_cg_steps"),
-        Hyperparam("cg_tol", lambda v: (v > 0) & (v <= 1), "in (0, 1]"),
+        _cg_tol(),
         _nonnegative("damping"),
         _SHRINK,
         _C1,
@@ -465,11 +483,9 @@ GAUSS_NEWTON = Table(
     "gauss_newton",
     (
         _nonnegative("damping"),
-        _count("max_cg_steps"),
-        _positive("cg_tol"),
-        _SHRINK,
-        _C1,
-        _count("max_line_search_steps"),
+        _count("max_cg_steps", optional=True),
+        _cg_tol(optional=True),
+        *_SEARCH_OR_NONE,
     ),
     (_LSQ + "GaussNewtonState",),
 )
@@ -478,10 +494,9 @@ LEVENBERG_MARQUARDT = Table(
     (
         _positive("initial_damping"),
         _positive("initial_radius"),
-        _count("max_trials"),
-        _unit("eta"),
-        _count("max_cg_steps"),
-        _positive("cg_tol"),
+        _eta(),
+        _count("max_cg_steps", optional=True),
+        _cg_tol(optional=True),
     ),
     (_LSQ + "LevenbergMarquardtState",),
 )
@@ -661,9 +676,10 @@ def _not_held(holders: list[Holder], key: str, name: str):
             _static(key, holder.table)
         if entry is not None:
             raise ValueError(
-                f"hyperparams[{key!r}] is not a runtime value of this {holder.table.rule}: a "
-                "schedule, or an option left unset (None), cannot be swept; build the rule "
-                f"with a number for {name} to sweep it"
+                f"hyperparams[{key!r}] is not a runtime hyperparameter of this "
+                f"{holder.table.rule}: it has {sorted(holder.names())}. A value its form or "
+                "solver does not read, a schedule, or an option left unset (None) cannot be "
+                f"swept; build the rule with a number for {name} (in a form that reads it)"
             )
     available = sorted({n for h in holders for n in h.names()})
     raise ValueError(

@@ -47,10 +47,6 @@ from jax.flatten_util import ravel_pytree
 from jaxdescent import _curvature as curvature
 from jaxdescent._checks import (
     check_choice,
-    check_int,
-    check_nonnegative,
-    check_positive,
-    check_real,
 )
 from jaxdescent.optim import linear_solve as ls
 from jaxdescent.optim import trust_region as tr
@@ -64,8 +60,12 @@ from jaxdescent.optim._common import (
     zero_count,
 )
 from jaxdescent.optim.cg import conjugate_gradient
-from jaxdescent.optim.hyperparams import initial_hyperparams
-from jaxdescent.optim.line_search import armijo_step, check_line_search, missing_value_fn
+from jaxdescent.optim.hyperparams import (
+    GAUSS_NEWTON,
+    LEVENBERG_MARQUARDT,
+    initial_hyperparams,
+)
+from jaxdescent.optim.line_search import armijo_step, missing_value_fn
 
 __all__ = [
     "GaussNewtonState",
@@ -206,24 +206,24 @@ def _gn_values(line_search, damping, solver, max_cg_steps, cg_tol, shrink, c1, m
     """Check :func:`gauss_newton`'s arguments; returns ``(runtime, static)``."""
     if line_search is not None and not isinstance(line_search, bool):
         raise TypeError(f"line_search must be None, True or False; got {line_search!r}")
-    check_nonnegative("damping", damping)
+    static = GAUSS_NEWTON.check(
+        damping=damping, max_cg_steps=max_cg_steps, cg_tol=cg_tol, shrink=shrink, c1=c1,
+        max_line_search_steps=max_ls,
+    ).static  # fmt: skip
     solver = check_choice("solver", solver, ls.SOLVERS)
     if solver in ("dense", "svd"):
         for name, value in (("max_cg_steps", max_cg_steps), ("cg_tol", cg_tol)):
             if value is not None:
                 raise ValueError(f"{name} is read only by solver='cg' (or 'auto'); got {value!r}")
-    cg_steps = check_int("max_cg_steps", 50 if max_cg_steps is None else max_cg_steps, minimum=1)
-    cg_tol = 1e-6 if cg_tol is None else cg_tol
-    check_real("cg_tol", cg_tol)
-    tr.check_bound("cg_tol", cg_tol, 0.0, below=False, strict=True, expected="in (0, 1]")
-    tr.check_bound("cg_tol", cg_tol, 1.0, below=True, strict=False, expected="in (0, 1]")
     if line_search is not True and max_ls is not None:
         raise ValueError(f"max_line_search_steps is read only by line_search=True; got {max_ls!r}")
     if line_search is False and (shrink is not None or c1 is not None):
         raise ValueError("shrink and c1 are not read by line_search=False (full steps)")
+    cg_steps = 50 if max_cg_steps is None else static["max_cg_steps"]
+    cg_tol = 1e-6 if cg_tol is None else cg_tol
     shrink = 0.5 if shrink is None else shrink
     c1 = 1e-4 if c1 is None else c1
-    max_ls = check_line_search(1.0, shrink, c1, 50 if max_ls is None else max_ls)
+    max_ls = 50 if max_ls is None else static["max_line_search_steps"]
     runtime = {"damping": damping}
     if line_search is not False:
         runtime.update(shrink=shrink, c1=c1)
@@ -437,22 +437,19 @@ def _stuck(state) -> jax.Array:
 def _lm_values(initial_damping, initial_radius, scaled, geodesic, solver, eta, max_cg_steps,
                cg_tol):  # fmt: skip
     """Check :func:`levenberg_marquardt`'s arguments; returns ``(runtime, static)``."""
-    check_positive("initial_damping", initial_damping)
-    check_positive("initial_radius", initial_radius)
+    static = LEVENBERG_MARQUARDT.check(
+        initial_damping=initial_damping, initial_radius=initial_radius, eta=eta,
+        max_cg_steps=max_cg_steps, cg_tol=cg_tol,
+    ).static  # fmt: skip
     check_flag("scaled", scaled)
     check_flag("geodesic", geodesic)
     solver = check_choice("solver", solver, ls.SOLVERS)
-    check_nonnegative("eta", eta)
-    tr.check_bound("eta", eta, 0.25, below=True, strict=True, expected="in [0, 0.25)")
     if solver in ("dense", "svd"):
         for name, value in (("max_cg_steps", max_cg_steps), ("cg_tol", cg_tol)):
             if value is not None:
                 raise ValueError(f"{name} is read only by solver='cg' (or 'auto'); got {value!r}")
-    cg_steps = check_int("max_cg_steps", 50 if max_cg_steps is None else max_cg_steps, minimum=1)
+    cg_steps = 50 if max_cg_steps is None else static["max_cg_steps"]
     cg_tol = 1e-8 if cg_tol is None else cg_tol
-    check_real("cg_tol", cg_tol)
-    tr.check_bound("cg_tol", cg_tol, 0.0, below=False, strict=True, expected="in (0, 1]")
-    tr.check_bound("cg_tol", cg_tol, 1.0, below=True, strict=False, expected="in (0, 1]")
     runtime = {"initial_damping": initial_damping, "initial_radius": initial_radius, "eta": eta}
     return runtime, {"solver": solver, "cg_tol": cg_tol, "max_cg_steps": cg_steps,
                      "scaled": scaled, "geodesic": geodesic}  # fmt: skip

@@ -58,6 +58,22 @@ MATRIX_OVER_VECTOR = {"cpu": 10.0, "gpu": 40.0, "cuda": 40.0, "rocm": 40.0, "tpu
 CG_ITERATIONS = 25
 
 
+def after(x: jax.Array, dep: jax.Array) -> jax.Array:
+    """``x``, computed after ``dep``: a data dependency XLA keeps, at no cost to the value.
+
+    On XLA:CPU, jaxlib's batched LAPACK kernels (Cholesky, LU, eigendecomposition) split the
+    batch over the intra-op thread pool and wait for it from a pool thread: two such calls
+    running at once (independent operations the runtime schedules together, or both branches
+    of a ``lax.cond`` under ``vmap``) can each hold a pool thread while waiting for the other
+    (seen as a hang on 2 cores, jaxlib 0.10). ``jax.lax.optimization_barrier`` does not order
+    independent operations there (it is removed before scheduling); adding
+    ``0 * isnan(dep[0])`` does (XLA does not fold a floating-point product by zero, and the
+    term is zero for any ``dep``, NaN included).
+    """
+    first = jnp.ravel(dep)[0]
+    return x + jnp.isnan(first).astype(x.dtype) * jnp.zeros([], x.dtype)
+
+
 def dense_limit(backend: str | None = None) -> int:
     """The most parameters ``solver="auto"`` solves densely on ``backend`` (default: JAX's
     default backend): ``CG_ITERATIONS * MATRIX_OVER_VECTOR[backend]``."""

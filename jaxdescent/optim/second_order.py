@@ -38,7 +38,6 @@ import optax
 from jax.flatten_util import ravel_pytree
 
 from jaxdescent import _curvature as curvature
-from jaxdescent._checks import check_int, check_nonnegative, check_positive, check_real
 from jaxdescent.optim import trust_region as tr
 from jaxdescent.optim._common import (
     check_flag,
@@ -51,15 +50,20 @@ from jaxdescent.optim._common import (
     zero_count,
 )
 from jaxdescent.optim.cg import conjugate_gradient
-from jaxdescent.optim.hyperparams import initial_hyperparams
+from jaxdescent.optim.hyperparams import (
+    NEWTON,
+    NEWTON_CG,
+    SADDLE_FREE_NEWTON,
+    initial_hyperparams,
+)
 from jaxdescent.optim.line_search import (
     armijo_step,
-    check_line_search,
     missing_value_fn,
     tree_axpy,
     tree_dtype,
     tree_vdot,
 )
+from jaxdescent.optim.linear_solve import after
 
 __all__ = [
     "NewtonCGState",
@@ -186,11 +190,12 @@ def _step_with_fallback(f, x, d, g, value, search: _Search | None):
     return update, jnp.where(found, t, tg)
 
 
-def _check_search(line_search, shrink, c1, max_line_search_steps) -> _Search | None:
+def _check_search(line_search, shrink, c1, max_steps: int) -> _Search | None:
+    """The line search's settings (values checked by the rule's table), or ``None`` for
+    full steps."""
     if not isinstance(line_search, bool):
         raise TypeError(f"line_search must be True or False; got {line_search!r}")
-    steps = check_line_search(1.0, shrink, c1, max_line_search_steps)
-    return _Search(shrink, c1, steps) if line_search else None
+    return _Search(shrink, c1, max_steps) if line_search else None
 
 
 def _levenberg_direction(h, g, damping, factor, max_tries):
@@ -276,7 +281,8 @@ def _trust_region_proposal(hs, gs, state, hp, first) -> _Proposal:
         return newton, zero, -0.5 * jnp.vdot(gs, newton)
 
     def by_eigenvalues():
-        lam, q = jnp.linalg.eigh(hs)
+        # after the Cholesky, not beside it: under vmap both branches run (linear_solve.after)
+        lam, q = jnp.linalg.eigh(after(hs, newton))
         ok = tr.finite(lam, q)
         lam = jnp.where(ok, lam, 1.0)
         q = jnp.where(ok, q, jnp.eye(gs.size, dtype=dtype))
@@ -346,26 +352,17 @@ def _newton_values(damping, line_search, initial_radius, max_radius, eta, dampin
     defaults = {
         "damping": 0.0,
         "damping_factor": 10.0,
-        "max_damping_steps": 30,
         "shrink": 0.5,
         "c1": 1e-4,
-        "max_line_search_steps": 50,
         "max_radius": 1e10,
         "eta": 1e-4,
     }
-    v = {k: defaults.get(k) if x is None else x for k, x in given.items()}
     # every value given is checked against its range first, whatever the form
-    check_nonnegative("damping", v["damping"])
-    check_real("damping_factor", v["damping_factor"])
-    tr.check_bound("damping_factor", v["damping_factor"], 1.0, below=False, strict=True,
-                   expected="> 1")  # fmt: skip
-    tries = check_int("max_damping_steps", v["max_damping_steps"], minimum=1)
-    search = _check_search(True, v["shrink"], v["c1"], v["max_line_search_steps"])
-    if initial_radius is not None:
-        check_positive("initial_radius", initial_radius)
-    check_positive("max_radius", v["max_radius"])
-    check_nonnegative("eta", v["eta"])
-    tr.check_bound("eta", v["eta"], 0.25, below=True, strict=True, expected="in [0, 0.25)")
+    static = NEWTON.check(**given).static
+    v = {k: defaults.get(k) if x is None else x for k, x in given.items()}
+    tries = 30 if static["max_damping_steps"] is None else static["max_damping_steps"]
+    ls_steps = static["max_line_search_steps"]
+    search = _Search(v["shrink"], v["c1"], 50 if ls_steps is None else ls_steps)
     if line_search is None:
         unread = ("damping", "damping_factor", "max_damping_steps", "shrink", "c1",
                   "max_line_search_steps")  # fmt: skip
@@ -538,7 +535,8 @@ def newton(
                 h, g, hp["damping"], hp["damping_factor"], max_damping_steps
             )
             if not line_search:  # textbook when damping is 0: a plain solve, no safeguard
-                plain = -jnp.linalg.solve(h, g)
+                # after the Cholesky, not beside it (linear_solve.after)
+                plain = -jnp.linalg.solve(after(h, d), g)
                 textbook = hp["damping"] == 0
                 d = jnp.where(textbook, plain, d)
                 ok = jnp.where(textbook, _finite(plain), ok)
@@ -620,8 +618,10 @@ def saddle_free_newton(
       Dauphin, Pascanu, Gulcehre, Cho, Ganguli and Bengio, *Identifying and attacking the
       saddle point problem in high-dimensional non-convex optimization*, NeurIPS 2014.
     """
-    check_positive("damping", damping)
-    search = _check_search(line_search, shrink, c1, max_line_search_steps)
+    checked = SADDLE_FREE_NEWTON.check(
+        damping=damping, shrink=shrink, c1=c1, max_line_search_steps=max_line_search_steps
+    )
+    search = _check_search(line_search, shrink, c1, checked.static["max_line_search_steps"])
     # the line search's values are runtime state only where a search reads them
     values = {"damping": damping, **({"shrink": shrink, "c1": c1} if search else {})}
 
@@ -710,13 +710,12 @@ def newton_cg(
       optimization*, SIAM Journal on Numerical Analysis, 1983.
       Martens, *Deep learning via Hessian-free optimization*, ICML 2010.
     """
-    max_cg_steps = check_int("max_cg_steps", max_cg_steps, minimum=1)
-    check_real("cg_tol", cg_tol)
-    check_real("cg_tol", cg_tol)
-    tr.check_bound("cg_tol", cg_tol, 0.0, below=False, strict=True, expected="in (0, 1]")
-    tr.check_bound("cg_tol", cg_tol, 1.0, below=True, strict=False, expected="in (0, 1]")
-    check_nonnegative("damping", damping)
-    search = _check_search(line_search, shrink, c1, max_line_search_steps)
+    static = NEWTON_CG.check(
+        max_cg_steps=max_cg_steps, cg_tol=cg_tol, damping=damping, shrink=shrink, c1=c1,
+        max_line_search_steps=max_line_search_steps,
+    ).static  # fmt: skip
+    max_cg_steps = static["max_cg_steps"]
+    search = _check_search(line_search, shrink, c1, static["max_line_search_steps"])
     values = {"cg_tol": cg_tol, "damping": damping}
     values.update({"shrink": shrink, "c1": c1} if search else {})
 
