@@ -3,7 +3,8 @@
 Each runs top to bottom in a fresh kernel of this very interpreter (a kernel spec written to a
 temporary folder, so no installed ``python3`` kernel is needed); a cell that raises, including
 a failed ``assert`` checking what the notebook teaches, fails the test. Notebooks are stored
-without outputs.
+without outputs. The default run executes the first notebook; the others, 10-30 s each on two
+cores, run with the slow tests (``-m slow``, which CI runs after the default run).
 """
 
 from __future__ import annotations
@@ -61,7 +62,11 @@ def kernels_dir(tmp_path_factory):
     return root
 
 
-@pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
+@pytest.mark.parametrize(
+    "path",
+    [p if p.name.startswith("01") else pytest.param(p, marks=pytest.mark.slow) for p in NOTEBOOKS],
+    ids=[p.stem for p in NOTEBOOKS],
+)
 def test_notebook_runs(path, kernels_dir, tmp_path, monkeypatch):
     if path.name.startswith("07") and "Misra1a" not in __import__("jaxdescent").nist.names():
         pytest.skip("the NIST data folder (shared/data/nist-strd) is not here")

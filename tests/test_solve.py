@@ -380,5 +380,9 @@ def test_jitted_solve_equals_fit_on_nist(x64, name):
         # inside a caller's jit the loop is compiled with the default XLA options (fit
         # compiles curvature rules for latency), so the last digits, and near the floor of
         # the precision the number of steps, may differ
+        # (Misra1a's second start: fit STALLED at the floor, the jitted solve CONVERGED)
         np.testing.assert_allclose(sol.params, fitted.params, rtol=1e-8)
-        assert int(sol.status) == int(fitted.status)
+        at_the_end = {int(jd.Status.CONVERGED), int(jd.Status.STALLED)}
+        assert int(fitted.status) in at_the_end and int(sol.status) in at_the_end
+        if int(sol.status) != int(fitted.status):  # then only where the gradient is at tol
+            assert min(float(sol.final_grad_norm), float(fitted.final_grad_norm)) < 1e-6
