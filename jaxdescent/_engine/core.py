@@ -300,7 +300,10 @@ def commit(
     packed snapshots (:func:`pack`) of the new params, so no buffer the update overwrites has
     to be copied first, and a run that ends here is set back to one of them once, by
     :func:`settle`, after the loop. (Choosing the trees at every step instead, by a select or a ``lax.cond`` per leaf,
-    made XLA:CPU run a small step two to three times slower.) A curvature rule's update (a
+    made XLA:CPU run a small step two to three times slower.) With ``here=None`` (batched
+    runs, where a run that has ended must be held anyway) the update is gated instead: a run
+    that does not go on keeps the params and state it measured, and ``state.prev`` is packed
+    from them when it does. A curvature rule's update (a
     Hessian, a factorisation) runs under ``lax.cond``, so the evaluation that ends a run
     computes none.
     """
@@ -330,8 +333,12 @@ def commit(
         params, opt_state = jax.lax.cond(go, advance, lambda: current)
     else:
         params, opt_state = advance()
-    prev = tuple(jnp.where(go, h, q) for h, q in zip(here, state.prev))
-    here = tuple(jnp.where(go, n, h) for n, h in zip(pack((params, opt_state)), here))
+    if here is None:  # gated (batched runs): a run keeps what it measured unless it goes on
+        params, opt_state = _select(go, (params, opt_state), current)
+        prev = tuple(jnp.where(go, c, q) for c, q in zip(pack(current), state.prev))
+    else:
+        prev = tuple(jnp.where(go, h, q) for h, q in zip(here, state.prev))
+        here = tuple(jnp.where(go, n, h) for n, h in zip(pack((params, opt_state)), here))
     if notes is not None:  # leaves the update passes on unchanged need no restoring
         notes["fixed"] = tuple(
             a is b for a, b in zip(jax.tree.leaves((params, opt_state)), jax.tree.leaves(current))
@@ -362,6 +369,15 @@ def settle(state: State, here: tuple, fixed: tuple = ()) -> State:
     ended = state.status != RUNNING
     chosen = tuple(jnp.where(state.status == NONFINITE, q, h) for q, h in zip(state.prev, here))
     params, opt_state = _select(ended, unpack(chosen, like, fixed), like)
+    return state._replace(params=params, opt_state=opt_state)
+
+
+def settle_gated(state: State, fixed: tuple = ()) -> State:
+    """:func:`settle` for gated runs (their params are those they measured last): a run that
+    ended not finite returns the params before its last update (``state.prev``)."""
+    like = (state.params, state.opt_state)
+    back = state.status == NONFINITE
+    params, opt_state = _select(back, unpack(state.prev, like, fixed), like)
     return state._replace(params=params, opt_state=opt_state)
 
 
@@ -470,9 +486,8 @@ def run(
     mini = spec.batch_size is not None
     full_norm = functools.partial(_full_norm, loss, data)
     start = state
-    here = (jax.vmap(pack) if batched else pack)((state.params, state.opt_state))
-
     if not batched:
+        here = pack((state.params, state.opt_state))
         first_row = -(-state.step // every) if every else 0
 
         def cond(c):
@@ -499,7 +514,8 @@ def run(
         return state, _recorded(history, spec.rows)
 
     vpropose = jax.vmap(functools.partial(propose, loss=loss, spec=spec), in_axes=(0, None))
-    vcommit = jax.vmap(one, in_axes=(0, 0, 0, 0, None, None, None))
+    vcommit = jax.vmap(lambda s, p, c, t, n, u: one(s, None, p, c, t, n, u)[0],
+                       in_axes=(0, 0, 0, None, None, None))  # fmt: skip
     vrunning = jax.vmap(running_in_call, in_axes=(0, None, None, None))
     # every run still going has made the same number of steps (runs advance together)
     i0 = jnp.max(jnp.where(state.status == RUNNING, state.step, 0))
@@ -509,7 +525,7 @@ def run(
         return jnp.any(vrunning(c[0], steps, until, spec))
 
     def bbody(c):
-        s, m, history, i = c
+        s, history, i = c
         active = vrunning(s, steps, until, spec)
         p = vpropose(s, data)
         confirm = p.norm
@@ -522,13 +538,12 @@ def run(
             ).astype(p.norm.dtype)
         shown = tuple(jnp.where(active, x, jnp.nan) for x in (p.value, p.norm))
         history = _record(history, i, *shown, steps, spec, first_row)
-        # a run that has ended is frozen
-        new = vcommit(s, m, p, confirm, tol, steps, until)
-        return *_pick(active, new, (s, m)), history, i + 1
+        # a run that has ended, or ends here, keeps what it measured (the update is gated)
+        return vcommit(s, p, confirm, tol, steps, until), history, i + 1
 
-    state, here, history, _ = jax.lax.while_loop(bcond, bbody, (state, here, history, i0))
+    state, history, _ = jax.lax.while_loop(bcond, bbody, (state, history, i0))
     fixed = notes.get("fixed", ())
-    state = jax.vmap(lambda s, h: settle(s, h, fixed))(state, here)
+    state = jax.vmap(lambda s: settle_gated(s, fixed))(state)
     if mini:
         ended = (start.status == RUNNING) & ((state.status != RUNNING) | (state.step == steps))
         vfinish = jax.vmap(functools.partial(finish, loss=loss), in_axes=(0, None, None))
