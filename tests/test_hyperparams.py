@@ -63,6 +63,8 @@ def _entries(rule):
     """The entries of ``rule``'s table that its form reads."""
     table = RULES[rule][0]
     return [e for e in table.entries if e.name in FORMS.get(rule, {e.name})]
+
+
 PARAMS = {"w": jnp.linspace(-1.0, 1.0, 6).reshape(2, 3), "b": jnp.array([0.5, -0.25])}
 
 REALS = [-1.0, -1e-9, 0.0, 1e-9, 0.1, 0.2499, 0.25, 0.5, 0.999, 1.0, 1.0 + 1e-9, 1.5, 10.0]
