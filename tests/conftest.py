@@ -2,7 +2,8 @@
 
 Conventions: default dtype float32; tests comparing with references at tight tolerance run
 under the ``x64`` fixture (``jax.enable_x64(True)``). Keep problems small and steps few: the
-whole suite must stay under about 6 minutes on 2 CPU cores.
+whole default run must stay under about 6 minutes on 2 CPU cores. The rules under test, and
+helpers to pick problems from ``jaxdescent.problems.CATALOGUE``, are in ``helpers.py``.
 """
 
 from __future__ import annotations

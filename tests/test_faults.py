@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
+import helpers
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -205,6 +206,8 @@ def problem(a, b, c):
     return (jnp.asarray([a], jnp.float32), jnp.asarray([b], jnp.float32), jnp.asarray([c]))
 
 
+# Hessian faults, not the shared catalogue's functions: each is one polynomial's data, so one
+# compiled program per rule runs them all
 ZERO2 = [[0.0, 0.0], [0.0, 0.0]]
 HARD_PROBLEMS = {
     # valley of minima along x0 + x1 = 1: H = [[1, 1], [1, 1]] is singular everywhere
@@ -219,11 +222,11 @@ HARD_PROBLEMS = {
     # local maximum at 0: H negative definite near the start
     "near-maximum": (problem([[-1.0, 0.0], [0.0, -1.0]], [0.0, 0.0], 0.25), [0.1, -0.2]),
 }
+# every rule of the shared table that forms or applies a Hessian (the line search alone is
+# steepest descent: it has no Hessian to be singular)
 NEWTON_RULES = {
-    "textbook-newton": jd.optim.newton(damping=0.0, line_search=False),
-    "newton": jd.optim.newton(),
-    "saddle-free-newton": jd.optim.saddle_free_newton(),
-    "newton-cg": jd.optim.newton_cg(),
+    name: helpers.RULES[name]()
+    for name in helpers.names("value_fn", exclude=("backtracking_line_search",))
 }
 
 
@@ -240,7 +243,7 @@ def test_newton_stays_finite_on_singular_and_indefinite_hessians(rule):
         assert int(res.status) in ends, where
         assert all_finite(res.params) and all_finite(res.losses), where
         assert all_finite(res.grad_norms) and bool(jnp.isfinite(res.final_loss)), where
-        if rule != "textbook-newton":  # the safeguarded rules never go uphill
+        if rule != "newton-textbook":  # the safeguarded rules never go uphill
             assert float(res.final_loss) <= float(polynomial(x0, data)), where
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import warnings
 
+import helpers
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -149,19 +150,9 @@ def log_cosh_bowl(x):
     return jnp.sum(jnp.logaddexp(x - 1.0, 1.0 - x)) + 0.1 * jnp.sum(x**2)
 
 
-RULES = {
-    "sgd": jd.optim.sgd(0.5),
-    "momentum": jd.optim.momentum(0.5),
-    "adam": jd.optim.adam(0.1),
-    "adamw": jd.optim.adamw(0.1),
-    "adagrad": jd.optim.adagrad(0.5),
-    "rmsprop": jd.optim.rmsprop(0.05),
-    "backtracking": jd.optim.backtracking_line_search(1.0),
-    "newton": jd.optim.newton(),
-    "newton-line-search": jd.optim.newton(line_search=True),
-    "saddle-free": jd.optim.saddle_free_newton(),
-    "newton-cg": jd.optim.newton_cg(),
-}
+# every rule that runs on a plain loss, as the shared table builds it (the likelihood rules
+# have their own test below)
+RULES = {name: helpers.RULES[name]() for name in helpers.names("grads", "value_fn")}
 
 
 @pytest.mark.parametrize("name", list(RULES))
@@ -176,13 +167,13 @@ def test_every_rule_runs_under_vmap(name):
         assert int(sols.status[i]) == int(one.status)
 
 
-@pytest.mark.parametrize("rule", ["gauss_newton", "levenberg_marquardt"])
+@pytest.mark.parametrize("rule", helpers.names("likelihood"))
 def test_least_squares_rules_under_vmap_fit_many_curves(rule):
     x = jnp.linspace(-3.0, 3.0, 25)
     truth = jnp.array([[2.0, 0.5, 1.0], [1.0, -0.5, 0.7], [3.0, 0.0, 1.5], [0.5, 1.0, 0.8]])
     curves = jax.vmap(lambda b: _gaussian_peak(b, x))(truth)
     loss = jd.losses.nll(_gaussian_peak, jd.likelihoods.Gaussian())
-    opt = getattr(jd.optim, rule)()
+    opt = helpers.RULES[rule]()
     start = jnp.array([1.0, 0.2, 1.1])
     sols = jax.jit(jax.vmap(lambda y: jd.solve(loss, start, opt, data=(x, y), steps=60,
                                                tol=1e-5)))(curves)  # fmt: skip
