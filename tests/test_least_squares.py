@@ -503,3 +503,32 @@ def test_least_squares_on_the_catalogue(x64, rule, name):
     assert min(np.linalg.norm(np.asarray(res.params) - p) for p in minima) < 1e-6
     seen = np.asarray(res.losses)[: int(res.steps_taken) + 1]
     assert np.all(np.diff(seen) <= 0)
+
+
+# --- batched LAPACK calls run one after the other ---------------------------------------------
+
+
+def test_after_keeps_the_value_and_orders_two_batched_factorisations():
+    """``linear_solve.after(x, dep)`` is ``x`` whatever ``dep`` holds (NaN and inf included),
+    and in the compiled program the second batched eigendecomposition reads the first's
+    output: on XLA:CPU two such calls running at once could deadlock jaxlib's thread pool."""
+    from jaxdescent.optim.linear_solve import after
+
+    x = jnp.array([1.0, -2.0, 3.5])
+    for dep in (jnp.zeros(2), jnp.array([jnp.nan, 1.0]), jnp.array([jnp.inf])):
+        np.testing.assert_array_equal(jax.jit(after)(x, dep), x)
+
+    def two(a, b):
+        first, _ = jnp.linalg.eigh(a)
+        second, _ = jnp.linalg.eigh(after(b, first))
+        return first, second
+
+    a = jnp.broadcast_to(jnp.eye(3), (16, 3, 3))
+    text = jax.jit(jax.vmap(two)).lower(a, 2.0 * a).compile().as_text()
+    calls = [line for line in text.splitlines() if "custom_call_target" in line and "ev" in line]
+    assert len(calls) == 2, calls
+    operand = calls[1].split("custom-call(")[1].split(")")[0].strip()
+    producer = next(line for line in text.splitlines() if line.strip().startswith(operand + " "))
+    # the fusion that feeds the second call reads the first call's results
+    assert "%eigh" in producer.split("kind=")[0].split("fusion(")[-1], producer
+    np.testing.assert_allclose(jax.jit(jax.vmap(two))(a, 2.0 * a)[1], 2.0 * np.ones((16, 3)))
