@@ -7,6 +7,7 @@ row (full size only) in float32.
 
 from __future__ import annotations
 
+import gc
 import statistics
 import time
 from collections.abc import Callable
@@ -139,7 +140,7 @@ def interleaved(calls: dict[str, Callable[[], Any]], repeats: int) -> dict[str, 
     """Time each call: a warm-up (its wall time and JAX compile time recorded), then
     ``repeats`` rounds, each round calling every method once in turn; the median of a
     method's rounds is its figure. Interleaving spreads a busy machine's noise over all
-    methods alike."""
+    methods alike; Python's garbage is collected before each timed call."""
     first, compiles, results = {}, {}, {}
     for name, call in calls.items():
         with compile_clock() as compiled:
@@ -150,6 +151,9 @@ def interleaved(calls: dict[str, Callable[[], Any]], repeats: int) -> dict[str, 
     runs: dict[str, list[float]] = {name: [] for name in calls}
     for _ in range(max(1, repeats)):
         for name, call in calls.items():
+            # the garbage of the call before (statsmodels' data frames, scikit-learn's copies)
+            # is collected here, not charged to whichever call the collector next runs in
+            gc.collect()
             t0 = time.perf_counter()
             results[name] = block(call())
             runs[name].append(time.perf_counter() - t0)
