@@ -316,8 +316,8 @@ def gauss_newton(
       damping: ``lambda >= 0``, relative to ``diag(G)`` (to the Rayleigh quotient
         ``g.G g / g.g`` for CG); a runtime hyperparameter, in the state.
       solver: ``"auto"``, ``"dense"``, ``"svd"`` or ``"cg"``.
-      max_cg_steps, cg_tol: CG's iteration limit (default 50) and relative residual
-        tolerance (default 1e-6, runtime); CG solvers only.
+      max_cg_steps, cg_tol: CG's iteration limit (default 50; static) and relative
+        residual tolerance in ``(0, 1]`` (default 1e-6; runtime); CG solvers only.
       shrink: the step's factor after a rejected proposal, in ``(0, 1)`` (default 0.5,
         runtime; not with ``line_search=False``).
       c1: the smallest gain ratio (sufficient decrease) accepted, in ``(0, 1)`` (default
@@ -635,8 +635,8 @@ def levenberg_marquardt(
         (matrix-free, ``D = I``, the first ``mu`` relative to ``g.G g / g.g``); see
         :func:`gauss_newton` and :mod:`jaxdescent.optim.linear_solve`.
       eta: smallest gain ratio accepted, in ``[0, 1/4)`` (runtime).
-      max_cg_steps, cg_tol: CG's limits (default 50 and 1e-8 relative, runtime; CG solvers
-        only).
+      max_cg_steps, cg_tol: CG's iteration limit (default 50; static) and relative
+        residual tolerance in ``(0, 1]`` (default 1e-8; runtime); CG solvers only.
 
     Returns:
       An optax transformation with state :class:`LevenbergMarquardtState`; ``update`` needs
