@@ -151,8 +151,15 @@ def log_cosh_bowl(x):
 
 
 # every rule that runs on a plain loss, as the shared table builds it (the likelihood rules
-# have their own test below)
-RULES = {name: helpers.RULES[name]() for name in helpers.names("grads", "value_fn")}
+# have their own test below). At the table's learning rate 0.05, centered RMSprop with
+# Nesterov momentum oscillates about the first start's minimum for all 60 steps: rounding
+# that differs between two compilations (a caller's jit, jaxdescent's program) moves such a
+# trajectory by 1e-4 and more, so the vmap test runs it at 0.02, where it settles.
+_SETTLES = {"rmsprop-centered-nesterov": {"learning_rate": 0.02}}
+RULES = {
+    name: helpers.RULES[name](**_SETTLES.get(name, {}))
+    for name in helpers.names("grads", "value_fn")
+}
 
 
 @pytest.mark.parametrize("name", list(RULES))
