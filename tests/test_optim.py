@@ -38,17 +38,36 @@ def mlp_loss(params):
     return jnp.mean((out - Y_DATA) ** 2)
 
 
-def trajectory(opt, params, steps=100):
-    """Parameters after each of ``steps`` full-batch updates, as one ``lax.scan``."""
+def trajectory(opt, params, steps=100, direction=None):
+    """Parameters after each of ``steps`` full-batch updates, as one ``lax.scan``;
+    ``direction(params)`` is what the rule is given (default: ``jax.grad(mlp_loss)``)."""
+    direction = direction or jax.grad(mlp_loss)
 
     def step(carry, _):
         params, state = carry
-        updates, state = opt.update(jax.grad(mlp_loss)(params), state, params)
+        updates, state = opt.update(direction(params), state, params)
         params = optax.apply_updates(params, updates)
         return (params, state), params
 
     _, path = jax.lax.scan(step, (params, opt.init(params)), length=steps)
     return path
+
+
+def assert_pairs_agree(pairs, run, params, check):
+    """``run(opt, params)`` for both rules of every pair, all in one compiled program (one compile
+    rather than one per pair, and one test, so that pytest-xdist workers do not each
+    compile it); ``check(ours, ref)`` asserts on each pair's paths. Failures are collected,
+    so that one report names every pair that differs."""
+    paths = jax.jit(lambda p: {name: (run(a, p), run(b, p)) for name, (a, b) in pairs.items()})(
+        params
+    )
+    failures = []
+    for name, (ours, ref) in jax.tree.map(np.asarray, paths).items():
+        try:
+            check(ours, ref)
+        except AssertionError as error:
+            failures.append(f"{name}: {error}")
+    assert not failures, "\n\n".join(failures)
 
 
 CYCLIC = S.cyclic(0.01, 0.2, step_size=25, mode="triangular2")
@@ -109,29 +128,16 @@ PAIRS = {
 
 
 def test_same_trajectories_as_optax(x64):
-    """Every pair from one compiled program (one compile rather than one per pair, and a
-    single test, so that pytest-xdist workers do not each compile it); failures are
-    collected so that one report names every pair that differs."""
     params = jax.tree.map(jnp.asarray, MLP_PARAMS)
 
-    @jax.jit
-    def all_paths(params):
-        return {
-            name: (trajectory(ours, params), trajectory(ref, params))
-            for name, (ours, ref) in PAIRS.items()
-        }
+    def check(ours, ref):
+        for leaf in jax.tree.leaves(ours):
+            assert leaf.dtype == np.float64 and leaf.shape[0] == 100
+        chex.assert_trees_all_close(ours, ref, rtol=1e-10, atol=1e-13)
+        # the comparison is not vacuous: the parameters moved
+        assert np.max(np.abs(ours[0]["w"][-1] - MLP_PARAMS[0]["w"])) > 1e-2
 
-    failures = []
-    for name, (ours, ref) in jax.tree.map(np.asarray, all_paths(params)).items():
-        try:
-            for leaf in jax.tree.leaves(ours):
-                assert leaf.dtype == np.float64 and leaf.shape[0] == 100
-            chex.assert_trees_all_close(ours, ref, rtol=1e-10, atol=1e-13)
-            # the comparison is not vacuous: the parameters moved
-            assert np.max(np.abs(ours[0]["w"][-1] - MLP_PARAMS[0]["w"])) > 1e-2
-        except AssertionError as error:
-            failures.append(f"{name}: {error}")
-    assert not failures, "\n\n".join(failures)
+    assert_pairs_agree(PAIRS, trajectory, params, check)
 
 
 # --- complex parameters: the same trajectories as optax ----------------------------------------
@@ -154,16 +160,8 @@ def complex_loss(params):
 def complex_trajectory(opt, params, steps=50):
     """As :func:`trajectory`, stepping along the conjugate of ``jax.grad`` (the
     steepest-descent direction for complex params, as in optax's own tests)."""
-
-    def step(carry, _):
-        params, state = carry
-        grads = jax.tree.map(jnp.conj, jax.grad(complex_loss)(params))
-        updates, state = opt.update(grads, state, params)
-        params = optax.apply_updates(params, updates)
-        return (params, state), params
-
-    _, path = jax.lax.scan(step, (params, opt.init(params)), length=steps)
-    return path
+    conj_grad = lambda p: jax.tree.map(jnp.conj, jax.grad(complex_loss)(p))  # noqa: E731
+    return trajectory(opt, params, steps, conj_grad)
 
 
 COMPLEX_PAIRS = {
@@ -198,29 +196,18 @@ COMPLEX_PAIRS = {
 def test_complex_params_take_optax_steps(x64):
     """On complex params every rule takes optax's steps: second moments accumulate
     ``|g|^2``, not ``g^2`` (which has the wrong phase: a real step against a complex
-    gradient, or Adagrad's accumulator crossing zero). All pairs in one compiled program;
-    failures are collected."""
+    gradient, or Adagrad's accumulator crossing zero)."""
     params = jax.tree.map(jnp.asarray, C_START)
 
-    @jax.jit
-    def all_paths(params):
-        return {
-            name: (complex_trajectory(ours, params), complex_trajectory(ref, params))
-            for name, (ours, ref) in COMPLEX_PAIRS.items()
-        }
+    def check(ours, ref):
+        for leaf in jax.tree.leaves(ours):
+            assert leaf.dtype == np.complex128, leaf.dtype
+        chex.assert_trees_all_close(ours, ref, rtol=1e-10, atol=1e-12)
+        # not vacuous: the params moved, in both their real and imaginary parts
+        moved = ours["a"][-1] - C_START["a"]
+        assert np.min(np.abs(moved.real)) > 1e-3 and np.min(np.abs(moved.imag)) > 1e-3
 
-    failures = []
-    for name, (ours, ref) in jax.tree.map(np.asarray, all_paths(params)).items():
-        try:
-            for leaf in jax.tree.leaves(ours):
-                assert leaf.dtype == np.complex128, leaf.dtype
-            chex.assert_trees_all_close(ours, ref, rtol=1e-10, atol=1e-12)
-            # not vacuous: the params moved, in both their real and imaginary parts
-            moved = ours["a"][-1] - C_START["a"]
-            assert np.min(np.abs(moved.real)) > 1e-3 and np.min(np.abs(moved.imag)) > 1e-3
-        except AssertionError as error:
-            failures.append(f"{name}: {error}")
-    assert not failures, "\n\n".join(failures)
+    assert_pairs_agree(COMPLEX_PAIRS, complex_trajectory, params, check)
 
 
 def test_complex_params_keep_their_dtype_and_real_hyperparameters():

@@ -208,14 +208,13 @@ class Checked(NamedTuple):
         """``state.hyperparams`` at ``init``: every runtime value and every fixed array, as a
         scalar array of :func:`hyperparam_dtype` (on the host inside
         :func:`~jaxdescent.optim._common.host_state`)."""
-        dtype = hyperparam_dtype(params)
-        values = {**self.runtime, **self.fixed.pinned}
-        return {name: state_value(value, dtype) for name, value in values.items()}
+        return initial_hyperparams({**self.runtime, **self.fixed.pinned}, params)
 
 
 def initial_hyperparams(runtime: Mapping[str, Any], params: Any) -> dict[str, jax.Array]:
     """``state.hyperparams`` at ``init`` for checked runtime values: each as a scalar array of
-    :func:`hyperparam_dtype` (:meth:`Checked.init` without a table)."""
+    :func:`hyperparam_dtype` (the second-order rules, whose forms fill their own defaults,
+    call it directly)."""
     dtype = hyperparam_dtype(params)
     return {name: state_value(value, dtype) for name, value in runtime.items()}
 
